@@ -1,0 +1,76 @@
+#include "testutil.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+namespace sttest {
+
+std::string make_file_n(uint64_t n, const std::string &header,
+                        const std::string &data) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; i++) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + header + data;
+}
+
+std::string make_file(const std::string &header, const std::string &data) {
+  return make_file_n(header.size(), header, data);
+}
+
+std::string temp_path(const std::string &stem) {
+  static unsigned counter = 0;
+  const char *dir = std::getenv("ST_TEST_TMPDIR");
+  std::string base = dir != nullptr ? dir : "/tmp";
+  return base + "/" + stem + "." + std::to_string(getpid()) + "." +
+         std::to_string(counter++);
+}
+
+bool write_bytes(const std::string &path, const std::string &bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  return static_cast<bool>(f);
+}
+
+std::string read_bytes(const std::string &path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// A small header before each block records nothing but keeps alignment; the
+// live counter is what tests check.
+static void *fa_malloc(void *ctx, size_t size) {
+  auto *fa = static_cast<FailingAllocator *>(ctx);
+  fa->calls++;
+  if (fa->fail_at != 0 && fa->calls == fa->fail_at) return nullptr;
+  void *p = std::malloc(size);
+  if (p != nullptr) fa->live++;
+  return p;
+}
+
+static void *fa_realloc(void *ctx, void *ptr, size_t size) {
+  auto *fa = static_cast<FailingAllocator *>(ctx);
+  fa->calls++;
+  if (fa->fail_at != 0 && fa->calls == fa->fail_at) return nullptr;
+  void *p = std::realloc(ptr, size);
+  if (p != nullptr && ptr == nullptr) fa->live++;
+  return p;
+}
+
+static void fa_free(void *ctx, void *ptr) {
+  auto *fa = static_cast<FailingAllocator *>(ctx);
+  if (ptr != nullptr) fa->live--;
+  std::free(ptr);
+}
+
+FailingAllocator::FailingAllocator() {
+  alloc.malloc_fn = fa_malloc;
+  alloc.realloc_fn = fa_realloc;
+  alloc.free_fn = fa_free;
+  alloc.ctx = this;
+}
+
+}  // namespace sttest
