@@ -17,9 +17,10 @@ all: build
 deps:
 	@scripts/install-deps.sh
 
-$(VENV)/.stamp: requirements/test.txt
+$(VENV)/.stamp: requirements/test.txt requirements/test-nodeps.txt
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements/test.txt
+	$(VPY) -m pip install -q --disable-pip-version-check --no-deps -r requirements/test-nodeps.txt
 	@touch $@
 
 venv: $(VENV)/.stamp

@@ -370,6 +370,80 @@ ST_API st_status st_tensor_read_slice(const st_file *file, size_t index,
                                       st_error *err);
 
 /* ==========================================================================
+ * Plans and the copy engine
+ *
+ * A load is a plan: a list of (source byte range of the data section ->
+ * destination) entries. st_plan_execute() splits the entries into chunks and
+ * runs them on a pool of threads: memcpy from the mapping (mmap backend,
+ * memory handles) or pread straight into the destination (pread backend).
+ * Slices and subsets are just plans; the engine counts the bytes it reads.
+ * ========================================================================== */
+
+typedef struct st_plan st_plan;
+
+/** Creates an empty plan over file (borrowed: it must outlive the plan).
+ *  allocator NULL: libc. Statuses: ST_ERR_NOMEM, ST_ERR_INVALID_ARGUMENT. */
+ST_API st_status st_plan_new(const st_file *file, const st_allocator *allocator,
+                             st_plan **out, st_error *err);
+
+/** Frees a plan. NULL is a no-op. */
+ST_API void st_plan_free(st_plan *plan);
+
+/** Adds a copy of len bytes at offset of the data section into dst (borrowed
+ *  until the plan is executed or freed). Statuses: ST_ERR_INVALID_ARGUMENT
+ *  (range outside the data section, NULL dst with len > 0), ST_ERR_NOMEM. */
+ST_API st_status st_plan_add_range(st_plan *plan, uint64_t offset, uint64_t len,
+                                   void *dst, st_error *err);
+
+/** Adds a whole tensor (dst_size >= its byte size). Statuses: those of
+ *  st_plan_add_range, ST_ERR_BUFFER_TOO_SMALL. */
+ST_API st_status st_plan_add_tensor(st_plan *plan, size_t index, void *dst,
+                                    size_t dst_size, st_error *err);
+
+/** Adds a slice of a tensor (the semantics of st_tensor_read_slice), as one
+ *  entry per contiguous run, written row-major into dst. Statuses: those of
+ *  st_slice_shape and st_plan_add_range. */
+ST_API st_status st_plan_add_slice(st_plan *plan, size_t index,
+                                   const st_range *ranges, size_t nranges,
+                                   void *dst, size_t dst_size, st_error *err);
+
+/** Number of entries and total bytes the plan will copy. */
+ST_API size_t st_plan_entry_count(const st_plan *plan);
+ST_API uint64_t st_plan_bytes(const st_plan *plan);
+
+/* Flags for st_exec_options.flags. */
+#define ST_EXEC_NO_PREFAULT 0x1u /* mmap: don't populate source pages ahead
+                                    of the copy (MADV_POPULATE_READ) */
+
+typedef struct st_exec_options {
+  size_t struct_size;   /* sizeof(st_exec_options); set by _init */
+  uint32_t threads;     /* 0: the number of online CPUs */
+  uint32_t flags;       /* ST_EXEC_* */
+  uint64_t chunk_size;  /* bytes per work item; 0: 8 MiB */
+  uint64_t reserved[8]; /* zero */
+} st_exec_options;
+
+/** Fills opts with the defaults. */
+ST_API void st_exec_options_init(st_exec_options *opts);
+
+typedef struct st_exec_stats {
+  uint64_t bytes_copied;  /* bytes written to destinations */
+  uint64_t bytes_read;    /* bytes read from the file or mapping */
+  uint64_t chunks;        /* work items run */
+  uint32_t threads_used;
+  uint32_t reserved32;
+  uint64_t reserved[6];
+} st_exec_stats;
+
+/** Runs the plan: every entry's bytes land in its destination. opts NULL:
+ *  defaults; stats may be NULL. Thread-safe with respect to other readers of
+ *  the same file. The plan can be executed again. Statuses: ST_ERR_IO,
+ *  ST_ERR_FILE_CHANGED, ST_ERR_NOMEM (threads), ST_ERR_INVALID_ARGUMENT. */
+ST_API st_status st_plan_execute(const st_plan *plan,
+                                 const st_exec_options *opts,
+                                 st_exec_stats *stats, st_error *err);
+
+/* ==========================================================================
  * Writing
  * ========================================================================== */
 

@@ -1,0 +1,72 @@
+/* Internal to the safetensors library: not installed, not part of the ABI.
+ * The open-file handle and its tensor table, shared by the header parser
+ * (core/header.c), the slicer (core/slice.c) and the backends (io/reader.c). */
+#ifndef ST_CORE_FILE_H
+#define ST_CORE_FILE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "safetensors.h"
+
+/* One tensor. Names and shapes point into the handle's single arena. */
+typedef struct st__tensor {
+  const char *name;      /* decoded, NUL-terminated */
+  size_t name_len;
+  const uint64_t *shape; /* rank entries */
+  uint64_t numel;
+  uint64_t begin;        /* relative to the data section */
+  uint64_t end;
+  uint64_t name_pos;     /* file offset of the name's opening quote */
+  size_t aux;            /* while parsing: token of the name, then the rank
+                            in name order */
+  size_t shape_tok;      /* while parsing: token of the shape array */
+  uint32_t rank;
+  st_dtype dtype;
+  bool overflow;         /* while parsing: numel overflowed */
+} st__tensor;
+
+typedef struct st__meta {
+  const char *key;
+  size_t key_len;
+  const char *value;
+  size_t value_len;
+  uint64_t key_pos; /* file offset of the key's opening quote */
+} st__meta;
+
+struct st_file {
+  const st_allocator *alloc; /* the caller's (it outlives the handle) */
+  st_backend backend;
+  uint32_t flags;
+  int fd;                    /* pread backend only; else -1 */
+  const unsigned char *base; /* whole file: mapping or caller memory */
+  void *map;                 /* our mapping (munmap on close), or NULL */
+  size_t map_size;
+  unsigned char *header_buf; /* pread backend: the header bytes */
+  uint64_t file_size;
+  uint64_t header_size;      /* N */
+  uint64_t data_size;        /* last end (trailing bytes excluded) */
+  void *arena;               /* shapes, then names and metadata strings */
+  st__tensor *tensors;       /* file order: (begin, end, name) */
+  size_t ntensors;
+  size_t *name_order;        /* file-order indices sorted by name */
+  st__meta *meta;            /* sorted by key */
+  size_t nmeta;
+};
+
+/* Parses and validates header (n bytes, file bytes 8..8+n) against a file of
+ * file_size bytes, filling the table fields of f (alloc must be set). On
+ * failure everything it allocated is freed again. */
+st_status st__header_parse(st_file *f, const unsigned char *header, size_t n,
+                           uint64_t file_size, const st_open_options *opts,
+                           st_error *err);
+
+/* Frees the table fields filled by st__header_parse (safe on partial). */
+void st__header_free(st_file *f);
+
+/* Copies len bytes at offset of the data section (range already checked). */
+st_status st__read_data(const st_file *f, uint64_t offset, void *dst,
+                        size_t len, st_error *err);
+
+#endif /* ST_CORE_FILE_H */

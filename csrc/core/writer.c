@@ -1,0 +1,740 @@
+/* The writer: validation at add time, the reference's layout and JSON bytes,
+ * and the emission of a file into a path, a descriptor or memory. */
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/checked.h"
+#include "core/internal.h"
+#include "io/io.h"
+
+/* Producers fill a scratch buffer of at most this size, chunk by chunk, so a
+ * write's extra memory never grows with the data. */
+#define ST_WRITER_SCRATCH ((size_t)4 << 20)
+/* Borrowed data is handed to the sink in pieces of at most this size. */
+#define ST_WRITER_PUT_CHUNK ((uint64_t)1 << 30)
+
+static const char metadata_key[] = "__metadata__";
+
+/* Names and metadata keys start with this record, so one hash set serves
+ * both tables. */
+typedef struct wkey {
+  const char *s;
+  size_t len;
+  uint64_t hash;
+} wkey;
+
+typedef struct wtensor {
+  wkey key;          /* name, NUL-terminated, inside block */
+  uint64_t *block;   /* owned: the shape (rank entries), then the name */
+  uint32_t rank;
+  st_dtype dtype;
+  uint64_t nbytes;
+  const void *data;  /* borrowed; NULL when produced by a callback */
+  st_producer producer;
+  void *ctx;
+} wtensor;
+
+typedef struct wmeta {
+  wkey key;          /* owned block: key NUL value NUL */
+  const char *value;
+  size_t value_len;
+} wmeta;
+
+/* Open addressing with linear probing; a slot holds index + 1, 0 is empty. */
+typedef struct hset {
+  size_t *slots;
+  size_t cap; /* 0 or a power of two */
+} hset;
+
+struct st_writer {
+  const st_allocator *alloc;
+  uint64_t seed[2];
+  wtensor *tensors;
+  size_t ntensors, tcap;
+  wmeta *meta;
+  size_t nmeta, mcap;
+  hset tset, mset;
+  /* The layout, computed once and cached until the next successful add. */
+  bool laid_out;
+  char *header;         /* 8-byte N, then the padded JSON */
+  size_t header_total;  /* 8 + N */
+  uint64_t file_size;
+  wtensor **order;      /* file order; metadata order follows it */
+  wmeta **morder;
+  uint64_t max_cb_bytes; /* largest producer-backed tensor */
+};
+
+/* --- hashing ---------------------------------------------------------------
+ * SipHash-1-3 keyed by a per-writer random seed: adversarial names cannot
+ * force collisions, so duplicate checks stay O(1) expected. */
+
+static uint64_t rotl(uint64_t x, unsigned b) { return (x << b) | (x >> (64 - b)); }
+
+#define SIPROUND                                                         \
+  do {                                                                   \
+    v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32);            \
+    v2 += v3; v3 = rotl(v3, 16); v3 ^= v2;                               \
+    v0 += v3; v3 = rotl(v3, 21); v3 ^= v0;                               \
+    v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32);            \
+  } while (0)
+
+static uint64_t siphash13(const uint64_t k[2], const char *s, size_t len) {
+  const unsigned char *p = (const unsigned char *)s;
+  uint64_t v0 = k[0] ^ 0x736f6d6570736575ull;
+  uint64_t v1 = k[1] ^ 0x646f72616e646f6dull;
+  uint64_t v2 = k[0] ^ 0x6c7967656e657261ull;
+  uint64_t v3 = k[1] ^ 0x7465646279746573ull;
+  size_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    uint64_t m = 0;
+    for (unsigned b = 0; b < 8; b++) m |= (uint64_t)p[i + b] << (8 * b);
+    v3 ^= m;
+    SIPROUND;
+    v0 ^= m;
+  }
+  uint64_t last = (uint64_t)len << 56;
+  for (unsigned b = 0; i + b < len; b++) last |= (uint64_t)p[i + b] << (8 * b);
+  v3 ^= last;
+  SIPROUND;
+  v0 ^= last;
+  v2 ^= 0xff;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static const wkey *key_at(const void *items, size_t stride, size_t i) {
+  return (const wkey *)(const void *)((const char *)items + i * stride);
+}
+
+/* The slot holding key, or the empty slot where it would go. */
+static size_t hset_probe(const hset *h, const void *items, size_t stride,
+                         const char *s, size_t len, uint64_t hash,
+                         bool *found) {
+  size_t mask = h->cap - 1;
+  size_t i = (size_t)hash & mask;
+  for (;;) {
+    size_t v = h->slots[i];
+    if (v == 0) {
+      *found = false;
+      return i;
+    }
+    const wkey *k = key_at(items, stride, v - 1);
+    if (k->hash == hash && k->len == len && memcmp(k->s, s, len) == 0) {
+      *found = true;
+      return i;
+    }
+    i = (i + 1) & mask;
+  }
+}
+
+static bool hset_contains(const hset *h, const void *items, size_t stride,
+                          const char *s, size_t len, uint64_t hash) {
+  bool found = false;
+  if (h->cap == 0) return false;
+  hset_probe(h, items, stride, s, len, hash, &found);
+  return found;
+}
+
+/* Makes room for count + 1 entries at load <= 1/2; the set is untouched when
+ * the allocation fails. */
+static bool hset_reserve(hset *h, const st_allocator *a, const void *items,
+                         size_t stride, size_t count) {
+  size_t need;
+  if (st__mul_overflow_size(count + 1, 2, &need)) return false;
+  if (need <= h->cap) return true;
+  size_t cap = h->cap != 0 ? h->cap : 16;
+  while (cap < need) {
+    if (cap > SIZE_MAX / 2) return false;
+    cap *= 2;
+  }
+  size_t *slots = st__calloc(a, cap, sizeof *slots);
+  if (slots == NULL) return false;
+  for (size_t i = 0; i < count; i++) {
+    size_t j = (size_t)key_at(items, stride, i)->hash & (cap - 1);
+    while (slots[j] != 0) j = (j + 1) & (cap - 1);
+    slots[j] = i + 1;
+  }
+  st__free(a, h->slots);
+  h->slots = slots;
+  h->cap = cap;
+  return true;
+}
+
+/* --- lifetime ------------------------------------------------------------- */
+
+static void drop_layout(st_writer *w) {
+  st__free(w->alloc, w->header);
+  st__free(w->alloc, w->order);
+  w->header = NULL;
+  w->order = NULL;
+  w->morder = NULL;
+  w->header_total = 0;
+  w->file_size = 0;
+  w->laid_out = false;
+}
+
+st_status st_writer_new(const st_allocator *allocator, st_writer **out,
+                        st_error *err) {
+  if (out == NULL) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "out is NULL", ST_NO_OFFSET,
+                    NULL, 0, 0);
+  }
+  *out = NULL;
+  st_writer *w = st__calloc(allocator, 1, sizeof *w);
+  if (w == NULL) return st__fail(err, ST_ERR_NOMEM, NULL, ST_NO_OFFSET, NULL, 0, 0);
+  w->alloc = allocator;
+  w->seed[0] = st__random_u64();
+  w->seed[1] = st__random_u64();
+  *out = w;
+  st__ok(err);
+  return ST_OK;
+}
+
+void st_writer_free(st_writer *w) {
+  if (w == NULL) return;
+  const st_allocator *a = w->alloc;
+  drop_layout(w);
+  for (size_t i = 0; i < w->ntensors; i++) st__free(a, w->tensors[i].block);
+  for (size_t i = 0; i < w->nmeta; i++) st__free(a, (void *)w->meta[i].key.s);
+  st__free(a, w->tensors);
+  st__free(a, w->meta);
+  st__free(a, w->tset.slots);
+  st__free(a, w->mset.slots);
+  st__free(a, w);
+}
+
+/* --- adding --------------------------------------------------------------- */
+
+static st_status nomem(st_error *err) {
+  return st__fail(err, ST_ERR_NOMEM, NULL, ST_NO_OFFSET, NULL, 0, 0);
+}
+
+/* The string rules shared by names, keys and values. */
+static st_status check_string(const char *s, size_t len, st_error *err,
+                              const char *what_nul, const char *what_utf8,
+                              const char *name, size_t name_len) {
+  if (memchr(s, '\0', len) != NULL) {
+    return st__fail(err, ST_ERR_NUL_IN_STRING, what_nul, ST_NO_OFFSET, name,
+                    name_len, 0);
+  }
+  if (st__utf8_check((const unsigned char *)s, len) != len) {
+    return st__fail(err, ST_ERR_INVALID_HEADER, what_utf8, ST_NO_OFFSET, name,
+                    name_len, 0);
+  }
+  return ST_OK;
+}
+
+/* Grows an array of elements of size elem to hold count + 1; the array is
+ * untouched when the allocation fails. */
+static bool grow(const st_allocator *a, void **arr, size_t *cap, size_t count,
+                 size_t elem) {
+  if (count < *cap) return true;
+  size_t ncap = *cap != 0 ? *cap * 2 : 16;
+  size_t bytes;
+  if (ncap < *cap || st__mul_overflow_size(ncap, elem, &bytes)) return false;
+  void *p = st__realloc(a, *arr, bytes);
+  if (p == NULL) return false;
+  *arr = p;
+  *cap = ncap;
+  return true;
+}
+
+st_status st_writer_add_metadata(st_writer *w, const char *key, size_t key_len,
+                                 const char *value, size_t value_len,
+                                 st_error *err) {
+  if (w == NULL || key == NULL || value == NULL) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "writer, key or value is NULL",
+                    ST_NO_OFFSET, NULL, 0, 0);
+  }
+  st_status s = check_string(key, key_len, err, "NUL in a metadata key",
+                             "metadata key is not valid UTF-8", key, key_len);
+  if (s != ST_OK) return s;
+  s = check_string(value, value_len, err, "NUL in a metadata value",
+                   "metadata value is not valid UTF-8", key, key_len);
+  if (s != ST_OK) return s;
+
+  uint64_t hash = siphash13(w->seed, key, key_len);
+  if (hset_contains(&w->mset, w->meta, sizeof *w->meta, key, key_len, hash)) {
+    return st__fail(err, ST_ERR_DUPLICATE_KEY, "duplicate metadata key",
+                    ST_NO_OFFSET, key, key_len, 0);
+  }
+  size_t bytes;
+  if (st__add_overflow_size(key_len, value_len, &bytes) ||
+      st__add_overflow_size(bytes, 2, &bytes)) {
+    return nomem(err);
+  }
+  if (!grow(w->alloc, (void **)&w->meta, &w->mcap, w->nmeta, sizeof *w->meta) ||
+      !hset_reserve(&w->mset, w->alloc, w->meta, sizeof *w->meta, w->nmeta)) {
+    return nomem(err);
+  }
+  char *block = st__malloc(w->alloc, bytes);
+  if (block == NULL) return nomem(err);
+  memcpy(block, key, key_len);
+  block[key_len] = '\0';
+  memcpy(block + key_len + 1, value, value_len);
+  block[key_len + 1 + value_len] = '\0';
+
+  wmeta *m = &w->meta[w->nmeta];
+  m->key.s = block;
+  m->key.len = key_len;
+  m->key.hash = hash;
+  m->value = block + key_len + 1;
+  m->value_len = value_len;
+  bool found;
+  size_t slot = hset_probe(&w->mset, w->meta, sizeof *w->meta, key, key_len,
+                           hash, &found);
+  w->mset.slots[slot] = w->nmeta + 1;
+  w->nmeta++;
+  drop_layout(w);
+  st__ok(err);
+  return ST_OK;
+}
+
+static st_status add_tensor(st_writer *w, const char *name, size_t name_len,
+                            st_dtype dtype, const uint64_t *shape,
+                            uint32_t rank, const void *data, uint64_t data_len,
+                            bool check_len, st_producer producer, void *ctx,
+                            st_error *err) {
+  if (w == NULL || name == NULL || (shape == NULL && rank > 0)) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "writer, name or shape is NULL",
+                    ST_NO_OFFSET, NULL, 0, 0);
+  }
+  if ((unsigned)dtype >= ST_DTYPE_COUNT) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "unknown dtype", ST_NO_OFFSET,
+                    name, name_len, 0);
+  }
+  if (rank > ST_DEFAULT_MAX_RANK) {
+    return st__fail(err, ST_ERR_LIMIT, "more dimensions than the rank limit",
+                    ST_NO_OFFSET, name, name_len, 0);
+  }
+  st_status s = check_string(name, name_len, err, "NUL in a tensor name",
+                             "tensor name is not valid UTF-8", name, name_len);
+  if (s != ST_OK) return s;
+  if (name_len == sizeof metadata_key - 1 &&
+      memcmp(name, metadata_key, name_len) == 0) {
+    return st__fail(err, ST_ERR_RESERVED_NAME, NULL, ST_NO_OFFSET, name,
+                    name_len, 0);
+  }
+
+  uint64_t numel = 1, bits;
+  for (uint32_t i = 0; i < rank; i++) {
+    if (st__mul_overflow_u64(numel, shape[i], &numel)) {
+      return st__fail(err, ST_ERR_VALIDATION_OVERFLOW,
+                      "element count overflows 64 bits", ST_NO_OFFSET, name,
+                      name_len, 0);
+    }
+  }
+  if (st__mul_overflow_u64(numel, st__dtype_bits(dtype), &bits)) {
+    return st__fail(err, ST_ERR_VALIDATION_OVERFLOW, "bit count overflows 64 bits",
+                    ST_NO_OFFSET, name, name_len, 0);
+  }
+  if (bits % 8 != 0) {
+    return st__fail(err, ST_ERR_MISALIGNED_SLICE, NULL, ST_NO_OFFSET, name,
+                    name_len, 0);
+  }
+  uint64_t nbytes = bits / 8;
+  if (check_len) {
+    if (data_len != nbytes) {
+      return st__fail(err, ST_ERR_INVALID_TENSOR_INFO,
+                      "data length differs from shape x dtype", ST_NO_OFFSET,
+                      name, name_len, 0);
+    }
+    if (data == NULL && data_len > 0) {
+      return st__fail(err, ST_ERR_INVALID_ARGUMENT, "data is NULL", ST_NO_OFFSET,
+                      name, name_len, 0);
+    }
+  } else if (producer == NULL) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "producer is NULL",
+                    ST_NO_OFFSET, name, name_len, 0);
+  }
+
+  uint64_t hash = siphash13(w->seed, name, name_len);
+  if (hset_contains(&w->tset, w->tensors, sizeof *w->tensors, name, name_len,
+                    hash)) {
+    return st__fail(err, ST_ERR_DUPLICATE_KEY, "duplicate tensor name",
+                    ST_NO_OFFSET, name, name_len, 0);
+  }
+  size_t bytes;
+  if (st__mul_overflow_size(rank, sizeof(uint64_t), &bytes) ||
+      st__add_overflow_size(bytes, name_len, &bytes) ||
+      st__add_overflow_size(bytes, 1, &bytes)) {
+    return nomem(err);
+  }
+  if (!grow(w->alloc, (void **)&w->tensors, &w->tcap, w->ntensors,
+            sizeof *w->tensors) ||
+      !hset_reserve(&w->tset, w->alloc, w->tensors, sizeof *w->tensors,
+                    w->ntensors)) {
+    return nomem(err);
+  }
+  uint64_t *block = st__malloc(w->alloc, bytes);
+  if (block == NULL) return nomem(err);
+  if (rank > 0) memcpy(block, shape, rank * sizeof(uint64_t));
+  char *copy = (char *)(block + rank);
+  memcpy(copy, name, name_len);
+  copy[name_len] = '\0';
+
+  wtensor *t = &w->tensors[w->ntensors];
+  t->key.s = copy;
+  t->key.len = name_len;
+  t->key.hash = hash;
+  t->block = block;
+  t->rank = rank;
+  t->dtype = dtype;
+  t->nbytes = nbytes;
+  t->data = check_len ? data : NULL;
+  t->producer = check_len ? NULL : producer;
+  t->ctx = ctx;
+  bool found;
+  size_t slot = hset_probe(&w->tset, w->tensors, sizeof *w->tensors, name,
+                           name_len, hash, &found);
+  w->tset.slots[slot] = w->ntensors + 1;
+  w->ntensors++;
+  drop_layout(w);
+  st__ok(err);
+  return ST_OK;
+}
+
+st_status st_writer_add_tensor(st_writer *w, const char *name, size_t name_len,
+                               st_dtype dtype, const uint64_t *shape,
+                               uint32_t rank, const void *data,
+                               uint64_t data_len, st_error *err) {
+  return add_tensor(w, name, name_len, dtype, shape, rank, data, data_len, true,
+                    NULL, NULL, err);
+}
+
+st_status st_writer_add_tensor_cb(st_writer *w, const char *name,
+                                  size_t name_len, st_dtype dtype,
+                                  const uint64_t *shape, uint32_t rank,
+                                  st_producer producer, void *ctx,
+                                  st_error *err) {
+  return add_tensor(w, name, name_len, dtype, shape, rank, NULL, 0, false,
+                    producer, ctx, err);
+}
+
+/* --- layout and header JSON ----------------------------------------------- */
+
+/* Counts bytes when p is NULL, so the header is sized (and refused when too
+ * large) before it is allocated. */
+typedef struct jbuf {
+  char *p;
+  uint64_t n;
+} jbuf;
+
+static void j_raw(jbuf *b, const char *s, size_t len) {
+  if (b->p != NULL) memcpy(b->p + b->n, s, len);
+  b->n += len;
+}
+
+static void j_char(jbuf *b, char c) {
+  if (b->p != NULL) b->p[b->n] = c;
+  b->n++;
+}
+
+/* serde_json's escaping: the two mandatory escapes, the five short control
+ * escapes, \u00xx (lowercase) for the other controls, all else raw. */
+static void j_str(jbuf *b, const char *s, size_t len) {
+  static const char hex[] = "0123456789abcdef";
+  j_char(b, '"');
+  size_t run = 0;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    char esc = 0;
+    if (c == '"' || c == '\\') {
+      esc = (char)c;
+    } else if (c >= 0x20) {
+      continue;
+    } else if (c == '\b') {
+      esc = 'b';
+    } else if (c == '\f') {
+      esc = 'f';
+    } else if (c == '\n') {
+      esc = 'n';
+    } else if (c == '\r') {
+      esc = 'r';
+    } else if (c == '\t') {
+      esc = 't';
+    }
+    j_raw(b, s + run, i - run);
+    run = i + 1;
+    j_char(b, '\\');
+    if (esc != 0) {
+      j_char(b, esc);
+    } else {
+      char u[5] = {'u', '0', '0', hex[c >> 4], hex[c & 15]};
+      j_raw(b, u, sizeof u);
+    }
+  }
+  j_raw(b, s + run, len - run);
+  j_char(b, '"');
+}
+
+static void j_u64(jbuf *b, uint64_t v) {
+  char tmp[20];
+  size_t n = 0;
+  do {
+    tmp[sizeof tmp - 1 - n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  j_raw(b, tmp + sizeof tmp - n, n);
+}
+
+static void j_header(jbuf *b, const st_writer *w) {
+  j_char(b, '{');
+  if (w->nmeta > 0) {
+    j_str(b, metadata_key, sizeof metadata_key - 1);
+    j_raw(b, ":{", 2);
+    for (size_t i = 0; i < w->nmeta; i++) {
+      const wmeta *m = w->morder[i];
+      if (i > 0) j_char(b, ',');
+      j_str(b, m->key.s, m->key.len);
+      j_char(b, ':');
+      j_str(b, m->value, m->value_len);
+    }
+    j_char(b, '}');
+  }
+  uint64_t off = 0;
+  for (size_t i = 0; i < w->ntensors; i++) {
+    const wtensor *t = w->order[i];
+    if (i > 0 || w->nmeta > 0) j_char(b, ',');
+    j_str(b, t->key.s, t->key.len);
+    j_raw(b, ":{\"dtype\":\"", 11);
+    const char *dn = st_dtype_name(t->dtype);
+    j_raw(b, dn, strlen(dn));
+    j_raw(b, "\",\"shape\":[", 11);
+    for (uint32_t d = 0; d < t->rank; d++) {
+      if (d > 0) j_char(b, ',');
+      j_u64(b, t->block[d]);
+    }
+    j_raw(b, "],\"data_offsets\":[", 18);
+    j_u64(b, off);
+    j_char(b, ',');
+    off += t->nbytes; /* the caller checked the sum for overflow */
+    j_u64(b, off);
+    j_raw(b, "]}", 2);
+  }
+  j_char(b, '}');
+}
+
+static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen) {
+  int c = memcmp(a, b, alen < blen ? alen : blen);
+  if (c != 0) return c;
+  return alen < blen ? -1 : alen > blen;
+}
+
+/* The reference's order: dtype rank descending, then name byte-wise. */
+static int tensor_cmp(const void *pa, const void *pb) {
+  const wtensor *a = *(const wtensor *const *)pa;
+  const wtensor *b = *(const wtensor *const *)pb;
+  if (a->dtype != b->dtype) return a->dtype > b->dtype ? -1 : 1;
+  return bytes_cmp(a->key.s, a->key.len, b->key.s, b->key.len);
+}
+
+static int meta_cmp(const void *pa, const void *pb) {
+  const wmeta *a = *(const wmeta *const *)pa;
+  const wmeta *b = *(const wmeta *const *)pb;
+  return bytes_cmp(a->key.s, a->key.len, b->key.s, b->key.len);
+}
+
+static st_status lay_out(st_writer *w, st_error *err) {
+  if (w->laid_out) return ST_OK;
+  size_t n = w->ntensors + w->nmeta, bytes;
+  if (st__mul_overflow_size(n, sizeof(void *), &bytes)) return nomem(err);
+  void **order = st__malloc(w->alloc, bytes);
+  if (order == NULL) return nomem(err);
+  w->order = (wtensor **)order;
+  w->morder = (wmeta **)(order + w->ntensors);
+  for (size_t i = 0; i < w->ntensors; i++) w->order[i] = &w->tensors[i];
+  for (size_t i = 0; i < w->nmeta; i++) w->morder[i] = &w->meta[i];
+  if (w->ntensors > 1) qsort(w->order, w->ntensors, sizeof *w->order, tensor_cmp);
+  if (w->nmeta > 1) qsort(w->morder, w->nmeta, sizeof *w->morder, meta_cmp);
+
+  uint64_t data = 0;
+  w->max_cb_bytes = 0;
+  for (size_t i = 0; i < w->ntensors; i++) {
+    const wtensor *t = w->order[i];
+    if (st__add_overflow_u64(data, t->nbytes, &data)) {
+      drop_layout(w);
+      return st__fail(err, ST_ERR_VALIDATION_OVERFLOW,
+                      "total data size overflows 64 bits", ST_NO_OFFSET,
+                      t->key.s, t->key.len, 0);
+    }
+    if (t->producer != NULL && t->nbytes > w->max_cb_bytes) {
+      w->max_cb_bytes = t->nbytes;
+    }
+  }
+
+  jbuf count = {NULL, 0};
+  j_header(&count, w);
+  uint64_t padded;
+  if (st__align_up_u64(count.n, 8, &padded) || padded > ST_MAX_HEADER_SIZE) {
+    drop_layout(w);
+    return st__fail(err, ST_ERR_HEADER_TOO_LARGE,
+                    "the header would exceed the format's limit", ST_NO_OFFSET,
+                    NULL, 0, 0);
+  }
+  uint64_t total;
+  if (st__add_overflow_u64(8 + padded, data, &total)) {
+    drop_layout(w);
+    return st__fail(err, ST_ERR_VALIDATION_OVERFLOW,
+                    "file size overflows 64 bits", ST_NO_OFFSET, NULL, 0, 0);
+  }
+  size_t hsize = (size_t)(8 + padded);
+  char *header = st__malloc(w->alloc, hsize);
+  if (header == NULL) {
+    drop_layout(w);
+    return nomem(err);
+  }
+  for (unsigned i = 0; i < 8; i++) header[i] = (char)(padded >> (8 * i));
+  jbuf out = {header + 8, 0};
+  j_header(&out, w);
+  memset(header + 8 + out.n, ' ', (size_t)(padded - out.n));
+
+  w->header = header;
+  w->header_total = hsize;
+  w->file_size = total;
+  w->laid_out = true;
+  return ST_OK;
+}
+
+st_status st_writer_size(st_writer *w, uint64_t *size, st_error *err) {
+  if (w == NULL || size == NULL) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "writer or size is NULL",
+                    ST_NO_OFFSET, NULL, 0, 0);
+  }
+  st_status s = lay_out(w, err);
+  if (s != ST_OK) return s;
+  *size = w->file_size;
+  st__ok(err);
+  return ST_OK;
+}
+
+/* --- emission ------------------------------------------------------------- */
+
+typedef struct emit_ctx {
+  st_writer *w;
+  unsigned char *scratch;
+  size_t scratch_size;
+} emit_ctx;
+
+static st_status put_fail(st_error *err, int e, uint64_t off, const wtensor *t) {
+  return st__fail(err, ST_ERR_IO, "write failed", off,
+                  t != NULL ? t->key.s : NULL, t != NULL ? t->key.len : 0, e);
+}
+
+static st_status cb_fail(st_error *err, uint64_t off, const wtensor *t) {
+  return st__fail(err, ST_ERR_CALLBACK, NULL, off, t->key.s, t->key.len, 0);
+}
+
+static st_status emit(void *vctx, st__put_fn put, void *sink, st_error *err) {
+  emit_ctx *c = vctx;
+  st_writer *w = c->w;
+  int e = put(sink, w->header, w->header_total);
+  if (e != 0) return put_fail(err, e, 0, NULL);
+  uint64_t off = w->header_total;
+  for (size_t i = 0; i < w->ntensors; i++) {
+    const wtensor *t = w->order[i];
+    uint64_t done = 0;
+    while (done < t->nbytes) {
+      uint64_t left = t->nbytes - done;
+      size_t n;
+      if (t->producer != NULL) {
+        n = left < c->scratch_size ? (size_t)left : c->scratch_size;
+        if (t->producer(t->ctx, done, c->scratch, n) != 0) {
+          return cb_fail(err, off + done, t);
+        }
+        e = put(sink, c->scratch, n);
+      } else {
+        n = (size_t)(left < ST_WRITER_PUT_CHUNK ? left : ST_WRITER_PUT_CHUNK);
+        e = put(sink, (const unsigned char *)t->data + done, n);
+      }
+      if (e != 0) return put_fail(err, e, off + done, t);
+      done += n;
+    }
+    off += t->nbytes;
+  }
+  st__ok(err);
+  return ST_OK;
+}
+
+/* Lays out and allocates the producers' scratch buffer, before any file is
+ * touched. */
+static st_status prepare(st_writer *w, emit_ctx *c, st_error *err) {
+  st_status s = lay_out(w, err);
+  if (s != ST_OK) return s;
+  c->w = w;
+  c->scratch = NULL;
+  c->scratch_size = 0;
+  if (w->max_cb_bytes > 0) {
+    c->scratch_size = w->max_cb_bytes < ST_WRITER_SCRATCH
+                          ? (size_t)w->max_cb_bytes
+                          : ST_WRITER_SCRATCH;
+    c->scratch = st__malloc(w->alloc, c->scratch_size);
+    if (c->scratch == NULL) return nomem(err);
+  }
+  return ST_OK;
+}
+
+st_status st_writer_write_path(st_writer *w, const char *path, uint32_t flags,
+                               st_error *err) {
+  if (w == NULL || path == NULL || (flags & ~ST_WRITE_NO_FSYNC) != 0) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT,
+                    "writer or path is NULL, or unknown flags", ST_NO_OFFSET,
+                    NULL, 0, 0);
+  }
+  emit_ctx c;
+  st_status s = prepare(w, &c, err);
+  if (s != ST_OK) return s;
+  s = st__commit_path(path, w->file_size, flags, w->alloc, emit, &c, err);
+  st__free(w->alloc, c.scratch);
+  return s;
+}
+
+st_status st_writer_write_fd(st_writer *w, int fd, st_error *err) {
+  if (w == NULL || fd < 0) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT,
+                    "writer is NULL or fd is negative", ST_NO_OFFSET, NULL, 0, 0);
+  }
+  emit_ctx c;
+  st_status s = prepare(w, &c, err);
+  if (s != ST_OK) return s;
+  s = st__write_fd(fd, emit, &c, err);
+  st__free(w->alloc, c.scratch);
+  return s;
+}
+
+st_status st_writer_write_memory(st_writer *w, void *dst, size_t dst_size,
+                                 size_t *written, st_error *err) {
+  if (written != NULL) *written = 0;
+  if (w == NULL || (dst == NULL && dst_size > 0)) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "writer or dst is NULL",
+                    ST_NO_OFFSET, NULL, 0, 0);
+  }
+  st_status s = lay_out(w, err);
+  if (s != ST_OK) return s;
+  if (w->file_size > dst_size) {
+    return st__fail(err, ST_ERR_BUFFER_TOO_SMALL, NULL, ST_NO_OFFSET, NULL, 0, 0);
+  }
+  /* Everything fits in dst, so every size below fits a size_t; producers
+   * write straight into place. */
+  unsigned char *p = dst;
+  memcpy(p, w->header, w->header_total);
+  size_t off = w->header_total;
+  for (size_t i = 0; i < w->ntensors; i++) {
+    const wtensor *t = w->order[i];
+    size_t n = (size_t)t->nbytes;
+    if (n > 0) {
+      if (t->producer != NULL) {
+        if (t->producer(t->ctx, 0, p + off, n) != 0) return cb_fail(err, off, t);
+      } else {
+        memcpy(p + off, t->data, n);
+      }
+    }
+    off += n;
+  }
+  if (written != NULL) *written = off;
+  st__ok(err);
+  return ST_OK;
+}

@@ -1,0 +1,287 @@
+/* The save path's system calls: retrying write loops and the durable commit.
+ *
+ * SIGXFSZ: a write past RLIMIT_FSIZE raises SIGXFSZ, whose default action
+ * kills the process. The library never changes signal dispositions; a caller
+ * that wants ST_ERR_IO (sys_errno EFBIG) instead should ignore SIGXFSZ. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/random.h>
+#endif
+
+#include "core/checked.h"
+#include "core/internal.h"
+#include "io/io.h"
+
+/* Largest single write request: Linux transfers at most ~2 GiB per call. */
+#define ST_IO_MAX_CHUNK ((size_t)1 << 30)
+/* Temp names keep at most this many bytes of the target's name, so the
+ * decorated name stays under NAME_MAX. */
+#define ST_TMP_BASE_MAX 160u
+#define ST_TMP_ATTEMPTS 64
+
+static int libc_open(const char *path, int flags, mode_t mode) {
+  return open(path, flags, mode);
+}
+
+static int libc_fallocate(int fd, off_t off, off_t len) {
+#if defined(__linux__)
+  /* fallocate(2), not posix_fallocate: glibc's emulation writes every block
+   * on filesystems without support, which is slow and pointless here. */
+  if (fallocate(fd, 0, off, len) == 0) return 0;
+  return errno;
+#else
+  return posix_fallocate(fd, off, len);
+#endif
+}
+
+static const st__io_hooks libc_hooks = {
+    libc_open, pwrite, write, fsync, close, rename, unlink, libc_fallocate,
+};
+
+static st__io_hooks hooks = {
+    libc_open, pwrite, write, fsync, close, rename, unlink, libc_fallocate,
+};
+
+void st__io_set_hooks(const st__io_hooks *h) {
+  if (h == NULL) {
+    hooks = libc_hooks;
+    return;
+  }
+  hooks.open_fn = h->open_fn != NULL ? h->open_fn : libc_hooks.open_fn;
+  hooks.pwrite_fn = h->pwrite_fn != NULL ? h->pwrite_fn : libc_hooks.pwrite_fn;
+  hooks.write_fn = h->write_fn != NULL ? h->write_fn : libc_hooks.write_fn;
+  hooks.fsync_fn = h->fsync_fn != NULL ? h->fsync_fn : libc_hooks.fsync_fn;
+  hooks.close_fn = h->close_fn != NULL ? h->close_fn : libc_hooks.close_fn;
+  hooks.rename_fn = h->rename_fn != NULL ? h->rename_fn : libc_hooks.rename_fn;
+  hooks.unlink_fn = h->unlink_fn != NULL ? h->unlink_fn : libc_hooks.unlink_fn;
+  hooks.fallocate_fn =
+      h->fallocate_fn != NULL ? h->fallocate_fn : libc_hooks.fallocate_fn;
+}
+
+/* Largest value an off_t holds, whatever its width. */
+static uint64_t off_max(void) {
+  return ((uint64_t)1 << (sizeof(off_t) * 8 - 1)) - 1;
+}
+
+int st__write_all(int fd, const void *buf, size_t len) {
+  const unsigned char *p = buf;
+  while (len > 0) {
+    size_t n = len < ST_IO_MAX_CHUNK ? len : ST_IO_MAX_CHUNK;
+    ssize_t r = hooks.write_fn(fd, p, n);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return errno != 0 ? errno : EIO;
+    }
+    /* A regular file never accepts zero bytes of a non-empty write. */
+    if (r == 0) return EIO;
+    p += (size_t)r;
+    len -= (size_t)r;
+  }
+  return 0;
+}
+
+int st__pwrite_all(int fd, const void *buf, size_t len, uint64_t off) {
+  const unsigned char *p = buf;
+  uint64_t end;
+  if (st__add_overflow_u64(off, len, &end) || end > off_max()) return EFBIG;
+  while (len > 0) {
+    size_t n = len < ST_IO_MAX_CHUNK ? len : ST_IO_MAX_CHUNK;
+    ssize_t r = hooks.pwrite_fn(fd, p, n, (off_t)off);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return errno != 0 ? errno : EIO;
+    }
+    if (r == 0) return EIO;
+    p += (size_t)r;
+    len -= (size_t)r;
+    off += (uint64_t)r;
+  }
+  return 0;
+}
+
+static uint64_t mix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+uint64_t st__random_u64(void) {
+  static _Atomic uint64_t counter;
+  uint64_t v = 0;
+#if defined(__linux__)
+  if (getrandom(&v, sizeof v, GRND_NONBLOCK) == (ssize_t)sizeof v) {
+    return v ^ mix64(atomic_fetch_add(&counter, 1));
+  }
+#endif
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  v = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+  v ^= (uint64_t)getpid() << 32;
+  v ^= (uint64_t)(uintptr_t)&ts;
+  return mix64(v ^ mix64(atomic_fetch_add(&counter, 1)));
+}
+
+/* --- sinks ---------------------------------------------------------------- */
+
+typedef struct {
+  int fd;
+  uint64_t off;
+} pwrite_sink;
+
+static int put_pwrite(void *sink, const void *buf, size_t len) {
+  pwrite_sink *s = sink;
+  int e = st__pwrite_all(s->fd, buf, len, s->off);
+  if (e == 0) s->off += len;
+  return e;
+}
+
+static int put_write(void *sink, const void *buf, size_t len) {
+  return st__write_all(*(int *)sink, buf, len);
+}
+
+st_status st__write_fd(int fd, st__emit_fn emit, void *ctx, st_error *err) {
+  if (fd < 0) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "negative file descriptor",
+                    ST_NO_OFFSET, NULL, 0, 0);
+  }
+  return emit(ctx, put_write, &fd, err);
+}
+
+/* --- durable commit ------------------------------------------------------- */
+
+static st_status io_fail(st_error *err, const char *message, const char *path,
+                         int e) {
+  return st__fail(err, ST_ERR_IO, message, ST_NO_OFFSET, path, strlen(path),
+                  e != 0 ? e : EIO);
+}
+
+/* Fsyncs the directory holding the renamed file so the rename itself is
+ * durable. Returns 0 or an errno value. */
+static int fsync_dir(const char *dir) {
+  int dfd = hooks.open_fn(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+  if (dfd < 0) return errno != 0 ? errno : EIO;
+  int e = 0;
+  while (hooks.fsync_fn(dfd) != 0) {
+    if (errno == EINTR) continue;
+    /* Some filesystems cannot sync a directory at all: nothing is lost. */
+    if (errno != EINVAL) e = errno != 0 ? errno : EIO;
+    break;
+  }
+  hooks.close_fn(dfd);
+  return e;
+}
+
+st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
+                          const st_allocator *alloc, st__emit_fn emit,
+                          void *ctx, st_error *err) {
+  size_t plen = strlen(path);
+  const char *slash = strrchr(path, '/');
+  size_t dir_len = slash != NULL ? (size_t)(slash - path) + 1 : 0;
+  const char *base = path + dir_len;
+  size_t base_len = plen - dir_len;
+  if (base_len == 0 || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "path names no file",
+                    ST_NO_OFFSET, path, plen, 0);
+  }
+  if (size > off_max()) {
+    return st__fail(err, ST_ERR_IO, "file too large for this platform",
+                    ST_NO_OFFSET, path, plen, EFBIG);
+  }
+
+  /* dir + "." + base + "." + pid + "." + 16 hex + ".tmp" + NUL */
+  size_t keep = base_len < ST_TMP_BASE_MAX ? base_len : ST_TMP_BASE_MAX;
+  size_t cap = dir_len + keep + 64;
+  /* The directory to fsync: "." for a bare name, "/" for the root. */
+  size_t dcap = dir_len + 2;
+  char *tmp = st__malloc(alloc, cap + dcap);
+  if (tmp == NULL) {
+    return st__fail(err, ST_ERR_NOMEM, NULL, ST_NO_OFFSET, NULL, 0, 0);
+  }
+  char *dir = tmp + cap;
+  if (dir_len == 0) {
+    memcpy(dir, ".", 2);
+  } else if (dir_len == 1) {
+    memcpy(dir, "/", 2);
+  } else {
+    memcpy(dir, path, dir_len - 1);
+    dir[dir_len - 1] = '\0';
+  }
+
+  int fd = -1;
+  for (int attempt = 0;; attempt++) {
+    memcpy(tmp, path, dir_len);
+    tmp[dir_len] = '.';
+    memcpy(tmp + dir_len + 1, base, keep);
+    snprintf(tmp + dir_len + 1 + keep, cap - dir_len - 1 - keep,
+             ".%ld.%016llx.tmp", (long)getpid(),
+             (unsigned long long)st__random_u64());
+    /* 0666: the umask applies, as for any newly created file. */
+    fd = hooks.open_fn(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0666);
+    if (fd >= 0) break;
+    if (errno == EINTR) continue;
+    if (errno != EEXIST || attempt + 1 >= ST_TMP_ATTEMPTS) {
+      st_status s = io_fail(err, "cannot create the temporary file", path, errno);
+      st__free(alloc, tmp);
+      return s;
+    }
+  }
+
+  st_status s = ST_OK;
+  int e = hooks.fallocate_fn(fd, 0, (off_t)size);
+  if (e != 0 && e != EOPNOTSUPP && e != EINVAL && e != ENOSYS && e != EINTR) {
+    s = io_fail(err, "cannot reserve space for the file", path, e);
+    goto fail;
+  }
+
+  pwrite_sink sink = {fd, 0};
+  s = emit(ctx, put_pwrite, &sink, err);
+  if (s != ST_OK) goto fail;
+
+  if ((flags & ST_WRITE_NO_FSYNC) == 0) {
+    while (hooks.fsync_fn(fd) != 0) {
+      if (errno == EINTR) continue;
+      s = io_fail(err, "fsync of the temporary file failed", path, errno);
+      goto fail;
+    }
+  }
+  {
+    int c = hooks.close_fn(fd);
+    fd = -1;
+    /* Linux closes the descriptor even when close reports an error; the
+     * error itself (EIO from delayed write-back) means lost data. */
+    if (c != 0) {
+      s = io_fail(err, "close of the temporary file failed", path, errno);
+      goto fail;
+    }
+  }
+  if (hooks.rename_fn(tmp, path) != 0) {
+    s = io_fail(err, "cannot rename the temporary file over the target", path,
+                errno);
+    goto fail;
+  }
+  if ((flags & ST_WRITE_NO_FSYNC) == 0) {
+    e = fsync_dir(dir);
+    if (e != 0) {
+      s = io_fail(err, "fsync of the directory failed", path, e);
+      st__free(alloc, tmp);
+      return s;
+    }
+  }
+  st__free(alloc, tmp);
+  st__ok(err);
+  return ST_OK;
+
+fail:
+  if (fd >= 0) hooks.close_fn(fd);
+  hooks.unlink_fn(tmp);
+  st__free(alloc, tmp);
+  return s;
+}

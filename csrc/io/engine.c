@@ -1,0 +1,382 @@
+/* The copy engine: a plan of (data-section range -> destination) entries,
+ * split into chunks and run on a pool of threads. Only the public reader API
+ * is used, so every backend gets the same engine: zero-copy sources are
+ * memcpy'd, the pread backend reads straight into the destination. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "core/checked.h"
+#include "core/internal.h"
+
+#define ENGINE_DEFAULT_CHUNK (8u << 20)
+#define ENGINE_MIN_CHUNK (64u << 10)
+#define ENGINE_MAX_THREADS 256u
+
+typedef struct plan_entry {
+  uint64_t offset; /* in the data section */
+  uint64_t len;
+  unsigned char *dst;
+} plan_entry;
+
+struct st_plan {
+  const st_file *file;
+  const st_allocator *alloc;
+  plan_entry *entries;
+  size_t count;
+  size_t cap;
+  uint64_t bytes;
+};
+
+st_status st_plan_new(const st_file *file, const st_allocator *allocator,
+                      st_plan **out, st_error *err) {
+  if (out == NULL) return st__fail(err, ST_ERR_INVALID_ARGUMENT, "out is NULL", ST_NO_OFFSET, NULL, 0, 0);
+  *out = NULL;
+  if (file == NULL) return st__fail(err, ST_ERR_INVALID_ARGUMENT, "file is NULL", ST_NO_OFFSET, NULL, 0, 0);
+  st_plan *p = st__calloc(allocator, 1, sizeof *p);
+  if (p == NULL) return st__fail(err, ST_ERR_NOMEM, "cannot allocate a plan", ST_NO_OFFSET, NULL, 0, 0);
+  p->file = file;
+  p->alloc = allocator;
+  *out = p;
+  st__ok(err);
+  return ST_OK;
+}
+
+void st_plan_free(st_plan *plan) {
+  if (plan == NULL) return;
+  const st_allocator *a = plan->alloc;
+  st__free(a, plan->entries);
+  st__free(a, plan);
+}
+
+size_t st_plan_entry_count(const st_plan *plan) { return plan != NULL ? plan->count : 0; }
+
+uint64_t st_plan_bytes(const st_plan *plan) { return plan != NULL ? plan->bytes : 0; }
+
+static st_status plan_push(st_plan *p, uint64_t offset, uint64_t len, unsigned char *dst,
+                           st_error *err) {
+  if (len == 0) return ST_OK;
+  /* Adjacent runs (a slice whose rows are contiguous in both places) merge. */
+  if (p->count > 0) {
+    plan_entry *last = &p->entries[p->count - 1];
+    if (last->offset + last->len == offset && last->dst + last->len == dst) {
+      last->len += len;
+      p->bytes += len;
+      return ST_OK;
+    }
+  }
+  if (p->count == p->cap) {
+    size_t ncap = p->cap != 0 ? p->cap * 2 : 16;
+    size_t bytes;
+    if (st__mul_overflow_size(ncap, sizeof *p->entries, &bytes))
+      return st__fail(err, ST_ERR_NOMEM, "plan too large", ST_NO_OFFSET, NULL, 0, 0);
+    plan_entry *n = st__realloc(p->alloc, p->entries, bytes);
+    if (n == NULL) return st__fail(err, ST_ERR_NOMEM, "cannot grow the plan", ST_NO_OFFSET, NULL, 0, 0);
+    p->entries = n;
+    p->cap = ncap;
+  }
+  p->entries[p->count++] = (plan_entry){offset, len, dst};
+  p->bytes += len;
+  return ST_OK;
+}
+
+st_status st_plan_add_range(st_plan *plan, uint64_t offset, uint64_t len, void *dst,
+                            st_error *err) {
+  if (plan == NULL) return st__fail(err, ST_ERR_INVALID_ARGUMENT, "plan is NULL", ST_NO_OFFSET, NULL, 0, 0);
+  uint64_t end;
+  if (st__add_overflow_u64(offset, len, &end) || end > st_data_size(plan->file))
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "range outside the data section", offset, NULL, 0, 0);
+  if (len > 0 && dst == NULL)
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "dst is NULL", ST_NO_OFFSET, NULL, 0, 0);
+  size_t unused;
+  if (!st__u64_to_size(len, &unused))
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "range larger than the address space", offset, NULL, 0, 0);
+  st_status s = plan_push(plan, offset, len, dst, err);
+  if (s == ST_OK) st__ok(err);
+  return s;
+}
+
+st_status st_plan_add_tensor(st_plan *plan, size_t index, void *dst, size_t dst_size,
+                             st_error *err) {
+  if (plan == NULL) return st__fail(err, ST_ERR_INVALID_ARGUMENT, "plan is NULL", ST_NO_OFFSET, NULL, 0, 0);
+  st_tensor_info ti;
+  if (st_tensor_get(plan->file, index, &ti) != ST_OK)
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "tensor index out of range", ST_NO_OFFSET, NULL, 0, 0);
+  uint64_t len = ti.data_end - ti.data_begin;
+  if (dst_size < len)
+    return st__fail(err, ST_ERR_BUFFER_TOO_SMALL, "destination smaller than the tensor", ST_NO_OFFSET,
+                    ti.name, ti.name_len, 0);
+  return st_plan_add_range(plan, ti.data_begin, len, dst, err);
+}
+
+/* Python's slice.indices() for one dimension with step >= 1. */
+static uint64_t clamp_index(int64_t v, uint64_t dim) {
+  if (v < 0) {
+    uint64_t back = (uint64_t)(-(v + 1)) + 1; /* |v| without overflow */
+    return back >= dim ? 0 : dim - back;
+  }
+  return (uint64_t)v > dim ? dim : (uint64_t)v;
+}
+
+st_status st_plan_add_slice(st_plan *plan, size_t index, const st_range *ranges, size_t nranges,
+                            void *dst, size_t dst_size, st_error *err) {
+  if (plan == NULL) return st__fail(err, ST_ERR_INVALID_ARGUMENT, "plan is NULL", ST_NO_OFFSET, NULL, 0, 0);
+  st_tensor_info ti;
+  if (st_tensor_get(plan->file, index, &ti) != ST_OK)
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "tensor index out of range", ST_NO_OFFSET, NULL, 0, 0);
+  uint64_t nbytes = 0;
+  st_status s = st_slice_shape(plan->file, index, ranges, nranges, NULL, &nbytes);
+  if (s != ST_OK)
+    return st__fail(err, s, "slice does not fit the tensor", ST_NO_OFFSET, ti.name, ti.name_len, 0);
+  if (dst_size < nbytes)
+    return st__fail(err, ST_ERR_BUFFER_TOO_SMALL, "destination smaller than the slice", ST_NO_OFFSET,
+                    ti.name, ti.name_len, 0);
+  if (nbytes == 0) {
+    st__ok(err);
+    return ST_OK;
+  }
+  uint32_t rank = ti.rank;
+  uint64_t start[ST_DEFAULT_MAX_RANK], count[ST_DEFAULT_MAX_RANK], step[ST_DEFAULT_MAX_RANK];
+  if (rank > ST_DEFAULT_MAX_RANK)
+    return st__fail(err, ST_ERR_UNSUPPORTED, "rank too large for a slice plan", ST_NO_OFFSET, ti.name,
+                    ti.name_len, 0);
+  for (uint32_t d = 0; d < rank; d++) {
+    uint64_t dim = ti.shape[d];
+    if (d < nranges) {
+      uint64_t b = clamp_index(ranges[d].start, dim);
+      uint64_t e = clamp_index(ranges[d].stop, dim);
+      uint64_t st = (uint64_t)ranges[d].step;
+      start[d] = b;
+      step[d] = st;
+      count[d] = e > b ? (e - b - 1) / st + 1 : 0;
+    } else {
+      start[d] = 0;
+      step[d] = 1;
+      count[d] = dim;
+    }
+  }
+  /* Innermost contiguous run: trailing whole dims, plus one more with step 1. */
+  uint64_t run = 1;
+  int inner = (int)rank - 1;
+  while (inner >= 0 && start[inner] == 0 && step[inner] == 1 && count[inner] == ti.shape[inner]) {
+    run *= ti.shape[inner];
+    inner--;
+  }
+  int outer = inner;
+  uint64_t run_elems = run;
+  if (inner >= 0 && step[inner] == 1) {
+    run_elems = run * count[inner];
+    outer = inner - 1;
+  }
+  /* Strides of every dim in elements. */
+  uint64_t stride[ST_DEFAULT_MAX_RANK];
+  uint64_t acc = 1;
+  for (int d = (int)rank - 1; d >= 0; d--) {
+    stride[d] = acc;
+    acc *= ti.shape[d];
+  }
+  unsigned bits = st_dtype_bits(ti.dtype);
+  if ((run_elems * bits) % 8 != 0)
+    return st__fail(err, ST_ERR_UNSUPPORTED, "slice of a sub-byte dtype that splits a byte",
+                    ST_NO_OFFSET, ti.name, ti.name_len, 0);
+  uint64_t run_bytes = run_elems * bits / 8;
+  /* Odometer over dims [0, outer]; the innermost non-run dim may be strided. */
+  uint64_t idx[ST_DEFAULT_MAX_RANK];
+  for (int d = 0; d <= outer; d++) idx[d] = 0;
+  unsigned char *out = dst;
+  size_t before = plan->count;
+  uint64_t before_bytes = plan->bytes;
+  for (;;) {
+    uint64_t elem = 0;
+    for (int d = 0; d <= outer; d++) elem += (start[d] + idx[d] * step[d]) * stride[d];
+    if (outer < inner) elem += start[inner] * stride[inner]; /* run starts mid-dim */
+    if ((elem * bits) % 8 != 0) {
+      plan->count = before;
+      plan->bytes = before_bytes;
+      return st__fail(err, ST_ERR_UNSUPPORTED, "slice of a sub-byte dtype that splits a byte",
+                      ST_NO_OFFSET, ti.name, ti.name_len, 0);
+    }
+    s = plan_push(plan, ti.data_begin + elem * bits / 8, run_bytes, out, err);
+    if (s != ST_OK) {
+      plan->count = before;
+      plan->bytes = before_bytes;
+      return s;
+    }
+    out += run_bytes;
+    int d = outer;
+    while (d >= 0) {
+      if (++idx[d] < count[d]) break;
+      idx[d] = 0;
+      d--;
+    }
+    if (d < 0) break;
+  }
+  st__ok(err);
+  return ST_OK;
+}
+
+void st_exec_options_init(st_exec_options *opts) {
+  if (opts == NULL) return;
+  memset(opts, 0, sizeof *opts);
+  opts->struct_size = sizeof *opts;
+  opts->chunk_size = ENGINE_DEFAULT_CHUNK;
+}
+
+/* A work item is a piece of one entry. */
+typedef struct work_item {
+  size_t entry;
+  uint64_t off; /* within the entry */
+  uint64_t len;
+} work_item;
+
+typedef struct engine_run {
+  const st_plan *plan;
+  const unsigned char *base; /* data section when zero-copy, else NULL */
+  const work_item *items;
+  size_t nitems;
+  uint32_t flags;
+  atomic_size_t next;
+  atomic_int failed;
+  atomic_uint_least64_t copied;
+  pthread_mutex_t lock; /* guards the first error */
+  st_status status;
+  st_error error;
+} engine_run;
+
+static void record_failure(engine_run *r, st_status s, const st_error *e) {
+  pthread_mutex_lock(&r->lock);
+  if (r->status == ST_OK) {
+    r->status = s;
+    r->error = *e;
+  }
+  pthread_mutex_unlock(&r->lock);
+  atomic_store(&r->failed, 1);
+}
+
+static void prefault(const unsigned char *p, uint64_t len) {
+#ifdef MADV_POPULATE_READ
+  static long page;
+  if (page == 0) page = sysconf(_SC_PAGESIZE);
+  uintptr_t b = (uintptr_t)p & ~((uintptr_t)page - 1);
+  uintptr_t e = (uintptr_t)p + (uintptr_t)len;
+  /* Best effort: kernels without it say EINVAL; the copy faults pages then. */
+  (void)madvise((void *)b, e - b, MADV_POPULATE_READ);
+#else
+  (void)p;
+  (void)len;
+#endif
+}
+
+static void *engine_worker(void *arg) {
+  engine_run *r = arg;
+  for (;;) {
+    if (atomic_load_explicit(&r->failed, memory_order_relaxed)) break;
+    size_t i = atomic_fetch_add(&r->next, 1);
+    if (i >= r->nitems) break;
+    const work_item *w = &r->items[i];
+    const plan_entry *e = &r->plan->entries[w->entry];
+    uint64_t src = e->offset + w->off;
+    unsigned char *dst = e->dst + w->off;
+    if (r->base != NULL) {
+      if (!(r->flags & ST_EXEC_NO_PREFAULT) && w->len >= ENGINE_MIN_CHUNK) prefault(r->base + src, w->len);
+      memcpy(dst, r->base + src, (size_t)w->len);
+    } else {
+      st_error e2;
+      st_status s = st_read_range(r->plan->file, src, w->len, dst, &e2);
+      if (s != ST_OK) {
+        record_failure(r, s, &e2);
+        break;
+      }
+    }
+    atomic_fetch_add_explicit(&r->copied, w->len, memory_order_relaxed);
+  }
+  return NULL;
+}
+
+static uint32_t default_threads(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n < 1) return 1;
+  if (n > (long)ENGINE_MAX_THREADS) return ENGINE_MAX_THREADS;
+  return (uint32_t)n;
+}
+
+st_status st_plan_execute(const st_plan *plan, const st_exec_options *opts, st_exec_stats *stats,
+                          st_error *err) {
+  if (plan == NULL) return st__fail(err, ST_ERR_INVALID_ARGUMENT, "plan is NULL", ST_NO_OFFSET, NULL, 0, 0);
+  st_exec_options o;
+  st_exec_options_init(&o);
+  if (opts != NULL) {
+    if (opts->struct_size < offsetof(st_exec_options, reserved))
+      return st__fail(err, ST_ERR_INVALID_ARGUMENT, "options not initialised", ST_NO_OFFSET, NULL, 0, 0);
+    o.threads = opts->threads;
+    o.flags = opts->flags;
+    o.chunk_size = opts->chunk_size != 0 ? opts->chunk_size : ENGINE_DEFAULT_CHUNK;
+  }
+  if (o.chunk_size < ENGINE_MIN_CHUNK) o.chunk_size = ENGINE_MIN_CHUNK;
+  uint32_t threads = o.threads != 0 ? o.threads : default_threads();
+  if (threads > ENGINE_MAX_THREADS) threads = ENGINE_MAX_THREADS;
+
+  const unsigned char *base = NULL;
+  if (st_tensor_count(plan->file) > 0 && st_data_size(plan->file) > 0) {
+    const void *p0;
+    /* File order starts at data offset 0, so tensor 0 marks the section. */
+    if (st_tensor_data(plan->file, 0, &p0) == ST_OK) base = p0;
+  }
+
+  size_t nitems = 0;
+  for (size_t i = 0; i < plan->count; i++) {
+    uint64_t pieces = (plan->entries[i].len + o.chunk_size - 1) / o.chunk_size;
+    nitems += (size_t)pieces;
+  }
+  work_item *items = st__calloc(plan->alloc, nitems != 0 ? nitems : 1, sizeof *items);
+  if (items == NULL) return st__fail(err, ST_ERR_NOMEM, "cannot allocate work items", ST_NO_OFFSET, NULL, 0, 0);
+  size_t k = 0;
+  for (size_t i = 0; i < plan->count; i++) {
+    for (uint64_t off = 0; off < plan->entries[i].len; off += o.chunk_size) {
+      uint64_t left = plan->entries[i].len - off;
+      items[k++] = (work_item){i, off, left < o.chunk_size ? left : o.chunk_size};
+    }
+  }
+  if ((size_t)threads > nitems) threads = nitems != 0 ? (uint32_t)nitems : 1;
+
+  engine_run r;
+  memset(&r, 0, sizeof r);
+  r.plan = plan;
+  r.base = base;
+  r.items = items;
+  r.nitems = nitems;
+  r.flags = o.flags;
+  atomic_init(&r.next, 0);
+  atomic_init(&r.failed, 0);
+  atomic_init(&r.copied, 0);
+  pthread_mutex_init(&r.lock, NULL);
+  r.status = ST_OK;
+
+  pthread_t tids[ENGINE_MAX_THREADS];
+  uint32_t started = 0;
+  for (uint32_t t = 1; t < threads; t++) {
+    if (pthread_create(&tids[started], NULL, engine_worker, &r) != 0) break;
+    started++;
+  }
+  engine_worker(&r); /* the calling thread works too */
+  for (uint32_t t = 0; t < started; t++) pthread_join(tids[t], NULL);
+  pthread_mutex_destroy(&r.lock);
+  st__free(plan->alloc, items);
+
+  if (stats != NULL) {
+    memset(stats, 0, sizeof *stats);
+    stats->bytes_copied = atomic_load(&r.copied);
+    stats->bytes_read = stats->bytes_copied;
+    stats->chunks = nitems;
+    stats->threads_used = started + 1;
+  }
+  if (r.status != ST_OK) {
+    if (err != NULL) *err = r.error;
+    return r.status;
+  }
+  st__ok(err);
+  return ST_OK;
+}

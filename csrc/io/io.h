@@ -1,0 +1,73 @@
+/* Internal to the safetensors library: not installed, not part of the ABI.
+ * The system-call layer of the writer: retrying write loops, the durable
+ * commit (temp file, fsync, rename, directory fsync), and a table of hooks
+ * so tests can inject faults into every system call of the save path. */
+#ifndef ST_IO_IO_H
+#define ST_IO_IO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "safetensors.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The system calls of the save path. fallocate_fn returns 0 or an errno
+ * value (posix_fallocate's convention); the others follow libc (-1 and
+ * errno). A NULL member means the libc function. */
+typedef struct st__io_hooks {
+  int (*open_fn)(const char *path, int flags, mode_t mode);
+  ssize_t (*pwrite_fn)(int fd, const void *buf, size_t len, off_t off);
+  ssize_t (*write_fn)(int fd, const void *buf, size_t len);
+  int (*fsync_fn)(int fd);
+  int (*close_fn)(int fd);
+  int (*rename_fn)(const char *from, const char *to);
+  int (*unlink_fn)(const char *path);
+  int (*fallocate_fn)(int fd, off_t off, off_t len);
+} st__io_hooks;
+
+/* TEST-ONLY: replaces the system calls of the save path for the whole
+ * process (the table is copied); NULL restores libc. Not thread-safe: call
+ * it only while no write is running. Never exported from the shared
+ * library. */
+void st__io_set_hooks(const st__io_hooks *hooks);
+
+/* Writes all len bytes sequentially to fd, retrying EINTR and short writes.
+ * Returns 0 or an errno value. */
+int st__write_all(int fd, const void *buf, size_t len);
+
+/* Writes all len bytes at file offset off, retrying EINTR and short writes.
+ * Returns 0 or an errno value. */
+int st__pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+
+/* 64 unpredictable-enough bits (seeds and temp-file names, not crypto). */
+uint64_t st__random_u64(void);
+
+/* Receives the file's bytes in order. Returns 0 or an errno value. */
+typedef int (*st__put_fn)(void *sink, const void *buf, size_t len);
+
+/* Produces the whole file through put; fills err and returns its status on
+ * failure (ST_ERR_IO from put, ST_ERR_CALLBACK, ...). */
+typedef st_status (*st__emit_fn)(void *ctx, st__put_fn put, void *sink,
+                                 st_error *err);
+
+/* Writes size bytes produced by emit durably to path: a temp file in the same
+ * directory, fsync (unless ST_WRITE_NO_FSYNC), close, rename, directory
+ * fsync. On failure the temp file is removed and path is untouched (except
+ * when only the final directory fsync fails: the new file is then in place
+ * but its durability is unknown, and ST_ERR_IO is still returned). */
+st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
+                          const st_allocator *alloc, st__emit_fn emit,
+                          void *ctx, st_error *err);
+
+/* Writes the bytes produced by emit to fd at its current position. */
+st_status st__write_fd(int fd, st__emit_fn emit, void *ctx, st_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ST_IO_IO_H */

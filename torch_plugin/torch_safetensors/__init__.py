@@ -1,0 +1,82 @@
+"""torch_safetensors: a strict, fast safetensors implementation for PyTorch.
+
+The pure C library (``torch_safetensors._C``, no torch headers) validates
+every file completely before exposing anything and writes byte-for-byte what
+the reference writer writes. On top of it:
+
+* :mod:`torch_safetensors.torch` -- a drop-in for ``safetensors.torch``
+  (``safe_open``, ``save_file``, ``load_file``, ``save``, ``load``,
+  ``save_model``, ``load_model``);
+* :mod:`torch_safetensors.sharded` -- Hugging Face sharded checkpoints;
+* ``torch.save(obj, f, format="safetensors")`` / ``torch.load(f)``, installed
+  on import and by torch's ``torch.backends`` entry-point autoload.
+
+Example::
+
+    >>> import torch, torch_safetensors
+    >>> torch.save({"w": torch.ones(2)}, "m.safetensors", format="safetensors")
+    >>> torch.load("m.safetensors")["w"]
+    tensor([1., 1.])
+"""
+
+from __future__ import annotations
+
+import sys as _sys
+
+
+def _autoload() -> None:
+    """Entry point of torch's ``torch.backends`` autoload: install the hook.
+
+    torch calls this with no arguments while ``import torch`` runs (disable
+    with ``TORCH_DEVICE_BACKEND_AUTOLOAD=0``). It is defined before anything
+    else because ``import torch_safetensors`` imports torch, whose autoload
+    then finds this package half-imported: in that case the package installs
+    the hook itself when its import completes, so there is nothing to do.
+    """
+    install_fn = getattr(_sys.modules.get(__name__), "install", None)
+    if install_fn is not None:
+        install_fn()
+
+
+from . import _C
+from .errors import (
+    SafetensorError,
+    SafetensorFileNotFoundError,
+    SafetensorIndexError,
+    SafetensorKeyError,
+    SafetensorOSError,
+    SafetensorSharedTensorError,
+    SafetensorTypeError,
+    SafetensorValueError,
+)
+from .torch import load_file, load_model, safe_open, save_file, save_model
+from .sharded import load_sharded, save_sharded
+from ._hook import install, uninstall
+
+__version__ = "0.1.0"
+#: Version of the bundled C library.
+c_version = _C.VERSION
+
+
+install()
+
+__all__ = [
+    "SafetensorError",
+    "SafetensorFileNotFoundError",
+    "SafetensorIndexError",
+    "SafetensorKeyError",
+    "SafetensorOSError",
+    "SafetensorSharedTensorError",
+    "SafetensorTypeError",
+    "SafetensorValueError",
+    "install",
+    "load_file",
+    "load_model",
+    "load_sharded",
+    "safe_open",
+    "save_file",
+    "save_model",
+    "save_sharded",
+    "uninstall",
+    "__version__",
+]

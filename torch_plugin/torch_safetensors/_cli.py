@@ -1,0 +1,368 @@
+"""``python -m torch_safetensors``: convert pickle checkpoints to safetensors, inspect files.
+
+Usage::
+
+    python -m torch_safetensors convert pytorch_model.bin model.safetensors
+    python -m torch_safetensors convert ckpt_dir/pytorch_model.bin.index.json out_dir \\
+        --max-shard-size 5GB
+    python -m torch_safetensors inspect model.safetensors [--json]
+
+``convert`` reads pickle checkpoints only with ``torch.load(..., weights_only=True)`` (torch's
+restricted unpickler: tensors, containers and plain values, never arbitrary classes or code), so
+converting an untrusted file never runs its code; a file that needs more is refused. Input: a
+``.pt``/``.bin`` file, a ``pytorch_model.bin.index.json`` (sharded input, every shard loaded in
+turn), or a directory holding either. Output: one file written with
+``torch.save(obj, OUT, format="safetensors")`` (nested checkpoints keep their structure), or,
+with ``--max-shard-size`` or an output directory, Hugging Face shards plus
+``model.safetensors.index.json`` (needs a flat ``state_dict``). A progress bar (tqdm, when
+installed and stderr is a terminal, or with ``--progress``) follows the bytes read and written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Any, Sequence
+
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+SAFE_INDEX = "model.safetensors.index.json"
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def parse_size(text: str | int) -> int:
+    """``"5GB"`` -> 5_000_000_000, ``"100MiB"`` -> 104_857_600, ``123`` -> 123."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise CliError(f"bad size {text!r}: use e.g. 500MB, 5GB, 2GiB or a byte count")
+    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if size <= 0:
+        raise CliError(f"bad size {text!r}: must be positive")
+    return size
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except CliError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# --------------------------------------------------------------------------------------------
+# progress
+# --------------------------------------------------------------------------------------------
+
+class _Progress:
+    """A byte-count progress bar (tqdm when available), or nothing."""
+
+    def __init__(self, total: int, desc: str, enabled: bool | None):
+        self.bar = None
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, n: int, desc: str | None = None) -> None:
+        if self.bar is not None:
+            if desc is not None:
+                self.bar.set_description(desc)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------------------------
+# convert
+# --------------------------------------------------------------------------------------------
+
+def _input_files(src: str) -> list[str]:
+    """The pickle files making up the checkpoint at ``src``, in load order."""
+    if os.path.isdir(src):
+        for name in (PICKLE_INDEX, PICKLE_SINGLE):
+            if os.path.exists(os.path.join(src, name)):
+                return _input_files(os.path.join(src, name))
+        raise CliError(f"{src}: no {PICKLE_INDEX} or {PICKLE_SINGLE} in this directory")
+    if not os.path.exists(src):
+        raise CliError(f"{src}: no such file")
+    if src.endswith(".json"):
+        with open(src, encoding="utf-8") as fh:
+            try:
+                index = json.load(fh)
+            except ValueError as e:
+                raise CliError(f"{src}: not a JSON index: {e}") from None
+        wm = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+            raise CliError(f"{src}: no weight_map of tensor name -> shard file")
+        base = os.path.dirname(os.path.abspath(src))
+        files: list[str] = []
+        for shard in wm.values():
+            if os.path.basename(shard) != shard:
+                raise CliError(f"{src}: shard name {shard!r} is not a plain file name")
+            path = os.path.join(base, shard)
+            if path not in files:
+                files.append(path)
+        return files
+    return [src]
+
+
+def _is_safetensors(path: str) -> bool:
+    from ._hook import _sniff
+
+    return _sniff(path) and not path.endswith((".pt", ".bin", ".pth"))
+
+
+def _load_pickle(path: str) -> Any:
+    import torch
+    import zipfile
+
+    if _is_safetensors(path):
+        raise CliError(f"{path}: already a safetensors file")
+    kwargs = {"mmap": True} if zipfile.is_zipfile(path) else {}
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except Exception as e:  # torch's restricted unpickler refusing, or a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CliError(
+            f"{path}: cannot be loaded with torch.load(weights_only=True), so it is not "
+            f"converted (it would need a full unpickle): {first}") from None
+
+
+def _flat_tensors(obj: Any, what: str) -> dict:
+    import torch
+
+    if not isinstance(obj, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CliError(f"{what}: sharded input and output need a flat state_dict "
+                       "(str -> tensor); this checkpoint is nested")
+    return obj
+
+
+def _dedupe_aliases(tensors: dict) -> dict:
+    """Drop exact aliases (tied weights), keeping the first name, as Hugging Face does."""
+    seen: dict[tuple, str] = {}
+    out = {}
+    for name, t in tensors.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+               t.stride(), t.dtype) if t.numel() else None
+        if key is not None and key in seen:
+            continue
+        if key is not None:
+            seen[key] = name
+        out[name] = t
+    return out
+
+
+def convert(src: str, dst: str, max_shard_size: int | None = None,
+            progress: bool | None = None, metadata: dict[str, str] | None = None) -> list[str]:
+    """Convert the pickle checkpoint at ``src`` to safetensors at ``dst``; returns the files
+    written. See the module docs."""
+    import torch
+
+    files = _input_files(src)
+    sharded_in = len(files) > 1 or src.endswith(".json") or os.path.isdir(src)
+    sharded_out = max_shard_size is not None or os.path.isdir(dst) or dst.endswith(os.sep)
+    total = sum(os.path.getsize(f) for f in files)
+    bar = _Progress(2 * total, "reading", progress)
+    try:
+        merged: dict = {}
+        obj: Any = None
+        for f in files:
+            part = _load_pickle(f)
+            if sharded_in:
+                for k, v in _flat_tensors(part, f).items():
+                    if k in merged:
+                        raise CliError(f"{f}: tensor {k!r} also appears in an earlier shard")
+                    merged[k] = v
+            else:
+                obj = part
+            bar.update(os.path.getsize(f), f"read {os.path.basename(f)}")
+        if sharded_in:
+            obj = merged
+        bar.update(0, "writing")
+        if sharded_out:
+            tensors = _dedupe_aliases(_flat_tensors(obj, src))
+            from .sharded import save_sharded
+
+            os.makedirs(dst, exist_ok=True)
+            md = {"format": "pt"}
+            md.update(metadata or {})
+            save_sharded(tensors, dst, max_shard_size=max_shard_size or 5 * 10**9,
+                         metadata=md)
+            written = sorted(
+                os.path.join(dst, n) for n in os.listdir(dst)
+                if n.endswith(".safetensors") or n == SAFE_INDEX)
+        else:
+            torch.save(obj, dst, format="safetensors", metadata=metadata)
+            written = [dst]
+        bar.update(total, "done")
+    finally:
+        bar.close()
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# inspect
+# --------------------------------------------------------------------------------------------
+
+def _describe_structure(node: Any, depth: int = 0, limit: int = 3) -> str:
+    if isinstance(node, dict) and "t" in node:
+        t = node["t"]
+        if t == "tensor":
+            return f"tensor {node.get('name')!r}" + (
+                f" on {node['device']}" if "device" in node else "")
+        if t in ("list", "tuple"):
+            items = node.get("items", [])
+            if depth >= limit:
+                return f"{t}[{len(items)}]"
+            inner = ", ".join(_describe_structure(x, depth + 1, limit) for x in items[:4])
+            more = ", ..." if len(items) > 4 else ""
+            return f"{t}[{len(items)}]({inner}{more})"
+        if t in ("dict", "odict"):
+            items = node.get("items", [])
+            if depth >= limit:
+                return f"dict[{len(items)}]"
+            inner = ", ".join(f"{k!r}: {_describe_structure(v, depth + 1, limit)}"
+                              for k, v in items[:4])
+            more = ", ..." if len(items) > 4 else ""
+            return "{" + inner + more + "}"
+        return f"{t} {node.get('v')!r}"
+    return repr(node)
+
+
+def inspect_file(path: str) -> dict:
+    """Header facts of a safetensors file as a JSON-able dict (the file is fully validated)."""
+    from . import _C
+    from ._hook import STRUCTURE_KEY
+
+    with _C.File(path) as f:
+        tensors = [{"name": n, "dtype": d, "shape": list(s), "data_offsets": [b, e]}
+                   for (n, d, s, b, e) in f.tensors()]
+        metadata = f.metadata() or {}
+    info: dict[str, Any] = {
+        "file": path,
+        "file_size": os.path.getsize(path),
+        "tensor_count": len(tensors),
+        "data_bytes": sum(t["data_offsets"][1] - t["data_offsets"][0] for t in tensors),
+        "metadata": {k: v for k, v in metadata.items() if k != STRUCTURE_KEY},
+        "tensors": tensors,
+    }
+    dtypes: dict[str, int] = {}
+    for t in tensors:
+        dtypes[t["dtype"]] = dtypes.get(t["dtype"], 0) + 1
+    info["dtypes"] = dtypes
+    rec = metadata.get(STRUCTURE_KEY)
+    if rec is not None:
+        try:
+            doc = json.loads(rec)
+            info["structure"] = _describe_structure(doc.get("root"))
+        except (ValueError, AttributeError, RecursionError):
+            info["structure"] = "(unreadable structure record)"
+    return info
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _print_inspect(info: dict, limit: int | None, out) -> None:
+    print(f"file:     {info['file']} ({_human(info['file_size'])})", file=out)
+    print(f"tensors:  {info['tensor_count']}, {_human(info['data_bytes'])} of data; "
+          + ", ".join(f"{d} x{n}" for d, n in sorted(info["dtypes"].items())), file=out)
+    for k, v in sorted(info["metadata"].items()):
+        print(f"metadata: {k} = {v if len(v) < 200 else v[:200] + '...'}", file=out)
+    if "structure" in info:
+        print(f"torch.save structure: {info['structure']}", file=out)
+    rows = info["tensors"] if limit is None else info["tensors"][:limit]
+    if rows:
+        w = max(len(t["name"]) for t in rows)
+        for t in rows:
+            b, e = t["data_offsets"]
+            print(f"  {t['name']:<{w}}  {t['dtype']:<11} {str(t['shape']):<20} "
+                  f"[{b}, {e})", file=out)
+        if len(rows) < len(info["tensors"]):
+            print(f"  ... {len(info['tensors']) - len(rows)} more (--all lists every tensor)",
+                  file=out)
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m torch_safetensors",
+        description="Convert pickle checkpoints to safetensors and inspect safetensors files.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="pickle .pt/.bin (or a sharded index) -> safetensors",
+                       description=__doc__.split("\n\n")[2] if __doc__ else None)
+    c.add_argument("input", help=".pt/.bin file, pytorch_model.bin.index.json, or a directory")
+    c.add_argument("output", help="output .safetensors file, or a directory for shards")
+    c.add_argument("--max-shard-size", type=_size_arg, default=None,
+                   help="write Hugging Face shards of at most this size (e.g. 5GB, 500MiB)")
+    c.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                   help="add a __metadata__ entry (repeatable)")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="always show the progress bar")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="never show the progress bar")
+    i = sub.add_parser("inspect", help="validate a safetensors file and list what it holds")
+    i.add_argument("file")
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.add_argument("--all", action="store_true", help="list every tensor (default: first 50)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .errors import SafetensorError
+
+    try:
+        if args.cmd == "convert":
+            md = {}
+            for kv in args.metadata:
+                if "=" not in kv:
+                    raise CliError(f"--metadata {kv!r}: expected KEY=VALUE")
+                k, v = kv.split("=", 1)
+                md[k] = v
+            written = convert(args.input, args.output, args.max_shard_size, args.progress,
+                              md or None)
+            for w in written:
+                print(w)
+            return 0
+        info = inspect_file(args.file)
+        if args.json:
+            json.dump(info, sys.stdout, indent=1)
+            print()
+        else:
+            _print_inspect(info, None if args.all else 50, sys.stdout)
+        return 0
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (SafetensorError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

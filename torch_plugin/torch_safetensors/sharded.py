@@ -1,0 +1,398 @@
+"""Sharded checkpoints in the Hugging Face layout.
+
+A sharded checkpoint is a directory with ``model-00001-of-00003.safetensors``
+(1-based, five digits), ... and ``model.safetensors.index.json``::
+
+    {"metadata": {"total_size": <bytes of tensor data>},
+     "weight_map": {"<tensor name>": "model-00001-of-00003.safetensors", ...}}
+
+Every shard carries ``{"format": "pt"}`` in its ``__metadata__`` (some
+readers require it). A checkpoint that fits in one shard is written as a
+plain ``model.safetensors`` with no index, as ``save_pretrained`` does.
+
+Example::
+
+    >>> save_sharded(model.state_dict(), "ckpt", max_shard_size="200MB")
+    >>> state_dict = load_sharded("ckpt")              # a directory
+    >>> state_dict = load_sharded("ckpt/model.safetensors.index.json")
+    >>> with open_sharded("ckpt") as ckpt:             # lazy, one mapping
+    ...     w = ckpt["lm_head.weight"]
+
+Shard names in an index must be plain file names in the index's directory
+(no separators, no ``..``): an index cannot make us open other files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+
+import torch
+
+from .errors import (
+    ST_ERR_NOT_FOUND,
+    SafetensorError,
+    SafetensorFileNotFoundError,
+    SafetensorKeyError,
+    SafetensorTypeError,
+    SafetensorValueError,
+    make_error,
+)
+from .torch import _check_tensor_kind, _write_tensors, safe_open
+
+__all__ = ["save_sharded", "load_sharded", "open_sharded", "ShardedCheckpoint",
+           "parse_size", "INDEX_NAME", "WEIGHTS_NAME"]
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_UNITS = {
+    "": 1, "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}
+
+
+def parse_size(size: Union[int, str]) -> int:
+    """Bytes in ``size``: an int, or a string such as ``"5GB"`` (10**9) or
+    ``"500MiB"`` (2**20), as Hugging Face writes them."""
+    if isinstance(size, bool):
+        raise make_error(SafetensorTypeError, "max_shard_size must be an int "
+                         "or a size string such as \"5GB\"")
+    if isinstance(size, int):
+        if size <= 0:
+            raise make_error(SafetensorValueError,
+                             f"max_shard_size must be positive, not {size}")
+        return size
+    if not isinstance(size, str):
+        raise make_error(SafetensorTypeError, "max_shard_size must be an int "
+                         "or a size string such as \"5GB\"")
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", size)
+    if m is None or m.group(2).upper() not in _UNITS:
+        raise make_error(SafetensorValueError,
+                         f"max_shard_size {size!r} is not a size such as "
+                         f"\"5GB\", \"500MB\" or \"1GiB\"")
+    n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if n <= 0:
+        raise make_error(SafetensorValueError,
+                         f"max_shard_size must be positive, not {size!r}")
+    return n
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _split(tensors: Dict[str, torch.Tensor],
+           limit: int) -> List[List[str]]:
+    """Greedy, in the dict's order: a shard closes when the next tensor
+    would push it past the limit; a tensor larger than the limit gets a
+    shard of its own."""
+    shards: List[List[str]] = []
+    current: List[str] = []
+    size = 0
+    for name, t in tensors.items():
+        n = _nbytes(t)
+        if current and size + n > limit:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += n
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def _shard_name(weights_name: str, k: int, total: int) -> str:
+    stem, ext = os.path.splitext(weights_name)
+    return f"{stem}-{k:05d}-of-{total:05d}{ext}"
+
+
+def save_sharded(tensors: Dict[str, torch.Tensor], save_directory: PathLike,
+                 max_shard_size: Union[int, str] = "5GB",
+                 metadata: Optional[Dict[str, str]] = None, *,
+                 weights_name: str = WEIGHTS_NAME,
+                 fsync: bool = True) -> List[str]:
+    """Saves tensors as Hugging Face shards plus an index.
+
+    Args:
+        tensors: name -> tensor (any dense tensor; non-contiguous and device
+            tensors are copied; tensors sharing memory are stored as copies).
+        save_directory: created if needed.
+        max_shard_size: bytes per shard (int or "5GB"-style string).
+        metadata: extra ``__metadata__`` for every shard (``format`` is "pt"
+            unless given).
+        weights_name: ``model.safetensors``; shards are named from it.
+
+    Returns the file names written (shards, then the index if any). Old
+    shards of the same weights_name in the directory that the new index
+    does not name are removed, so the directory stays consistent.
+    """
+    if not isinstance(tensors, dict):
+        raise make_error(SafetensorTypeError,
+                         f"tensors must be a dict, not {type(tensors).__name__}")
+    for k, v in tensors.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise make_error(SafetensorTypeError,
+                             "tensors must map str names to tensors",
+                             tensor_name=k if isinstance(k, str) else None)
+        _check_tensor_kind(k, v)
+    limit = parse_size(max_shard_size)
+    directory = os.fspath(save_directory)
+    os.makedirs(directory, exist_ok=True)
+    shard_md: Dict[str, str] = {"format": "pt"}
+    if metadata:
+        shard_md.update(metadata)
+    groups = _split(tensors, limit)
+    written: List[str] = []
+    index_path = os.path.join(directory, weights_name + ".index.json")
+    stem, ext = os.path.splitext(weights_name)
+    stale = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(ext))
+    if len(groups) == 1:
+        _write_tensors({k: tensors[k] for k in groups[0]},
+                       os.path.join(directory, weights_name), shard_md,
+                       fsync=fsync)
+        written.append(weights_name)
+        if os.path.exists(index_path):
+            os.remove(index_path)
+    else:
+        weight_map: Dict[str, str] = {}
+        for k, names in enumerate(groups, start=1):
+            fname = _shard_name(weights_name, k, len(groups))
+            _write_tensors({n: tensors[n] for n in names},
+                           os.path.join(directory, fname), shard_md,
+                           fsync=fsync)
+            written.append(fname)
+            for n in names:
+                weight_map[n] = fname
+        index = {
+            "metadata": {"total_size": sum(_nbytes(t)
+                                           for t in tensors.values())},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
+        tmp = index_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(index, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, index_path)
+        written.append(os.path.basename(index_path))
+    keep = set(written)
+    for entry in os.listdir(directory):
+        if stale.fullmatch(entry) and entry not in keep:
+            os.remove(os.path.join(directory, entry))
+    return written
+
+
+def _find_index(directory: str) -> Optional[str]:
+    preferred = os.path.join(directory, INDEX_NAME)
+    if os.path.isfile(preferred):
+        return preferred
+    found = sorted(e for e in os.listdir(directory)
+                   if e.endswith(".safetensors.index.json"))
+    if len(found) > 1:
+        raise make_error(SafetensorValueError,
+                         f"{directory} holds several indexes ({found}); pass "
+                         f"the one to load")
+    return os.path.join(directory, found[0]) if found else None
+
+
+def _check_shard_name(fname: Any, index_path: str) -> str:
+    if (not isinstance(fname, str) or not fname or fname in (".", "..")
+            or "/" in fname or "\\" in fname or "\x00" in fname):
+        raise make_error(SafetensorValueError,
+                         f"index {index_path} names a shard {fname!r} that "
+                         f"is not a plain file name in its directory")
+    return fname
+
+
+def _read_index(index_path: str) -> Tuple[str, Dict[str, str], Dict[str, Any]]:
+    try:
+        with open(index_path, "rb") as fh:
+            index = json.loads(fh.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise make_error(SafetensorFileNotFoundError,
+                         f"no index file {index_path}", 3) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise make_error(SafetensorValueError,
+                         f"index {index_path} is not valid JSON: {e}") from None
+    if not isinstance(index, dict) or not isinstance(
+            index.get("weight_map"), dict):
+        raise make_error(SafetensorValueError,
+                         f"index {index_path} has no \"weight_map\" object")
+    weight_map = index["weight_map"]
+    for name, fname in weight_map.items():
+        _check_shard_name(fname, index_path)
+    md = index.get("metadata")
+    return (os.path.dirname(os.path.abspath(index_path)), weight_map,
+            md if isinstance(md, dict) else {})
+
+
+class ShardedCheckpoint(Mapping):
+    """A sharded (or single-file) checkpoint as one lazy, read-only mapping
+    of tensor name -> tensor. Shards are opened once, on first use.
+
+    Use as a context manager, or call close(); tensors already returned stay
+    valid after closing (their mappings live as long as they do).
+    """
+
+    def __init__(self, path: PathLike,
+                 device: Union[str, int, torch.device] = "cpu", *,
+                 backend: str = "mmap") -> None:
+        path = os.fspath(path)
+        self._device = device
+        self._backend = backend
+        self._handles: Dict[str, safe_open] = {}
+        self.index_metadata: Dict[str, Any] = {}
+        if os.path.isdir(path):
+            index_path = _find_index(path)
+            if index_path is None:
+                self._from_directory(path)
+                return
+            path = index_path
+        if path.endswith(".json"):
+            self._dir, self._map, self.index_metadata = _read_index(path)
+            for fname in sorted(set(self._map.values())):
+                if not os.path.isfile(os.path.join(self._dir, fname)):
+                    raise make_error(
+                        SafetensorFileNotFoundError,
+                        f"shard {fname} named by {path} does not exist", 3)
+        else:
+            self._dir = os.path.dirname(os.path.abspath(path))
+            fname = os.path.basename(path)
+            f = self._handle(fname)
+            self._map = {k: fname for k in f.offset_keys()}
+
+    def _from_directory(self, directory: str) -> None:
+        self._dir = os.path.abspath(directory)
+        files = sorted(e for e in os.listdir(directory)
+                       if e.endswith(".safetensors")
+                       and os.path.isfile(os.path.join(directory, e)))
+        if not files:
+            raise make_error(SafetensorFileNotFoundError,
+                             f"{directory} holds no .safetensors file and no "
+                             f"index", 3)
+        self._map = {}
+        for fname in files:
+            for k in self._handle(fname).offset_keys():
+                if k in self._map:
+                    raise make_error(
+                        SafetensorValueError,
+                        f"tensor {k!r} is in both {self._map[k]} and {fname}",
+                        tensor_name=k)
+                self._map[k] = fname
+
+    def _handle(self, fname: str) -> safe_open:
+        h = self._handles.get(fname)
+        if h is None:
+            h = safe_open(os.path.join(self._dir, fname), framework="pt",
+                          device=self._device, backend=self._backend)
+            self._handles[fname] = h
+        return h
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        fname = self._map.get(name)
+        if fname is None:
+            raise make_error(SafetensorKeyError,
+                             f"checkpoint does not contain tensor {name}",
+                             ST_ERR_NOT_FOUND, tensor_name=name)
+        f = self._handle(fname)
+        try:
+            return f.get_tensor(name)
+        except SafetensorKeyError:
+            raise make_error(SafetensorKeyError,
+                             f"the index puts tensor {name} in {fname}, "
+                             f"which does not contain it",
+                             ST_ERR_NOT_FOUND, tensor_name=name) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._map
+
+    @property
+    def weight_map(self) -> Dict[str, str]:
+        """name -> shard file name."""
+        return dict(self._map)
+
+    def get_slice(self, name: str):
+        """The lazy slice handle of one tensor (see safe_open.get_slice)."""
+        if name not in self._map:
+            raise make_error(SafetensorKeyError,
+                             f"checkpoint does not contain tensor {name}",
+                             ST_ERR_NOT_FOUND, tensor_name=name)
+        return self._handle(self._map[name]).get_slice(name)
+
+    def metadata(self, shard: Optional[str] = None) -> Optional[Dict[str, str]]:
+        """The ``__metadata__`` of one shard (default: the first)."""
+        if shard is None:
+            shard = sorted(set(self._map.values()))[0] if self._map else None
+            if shard is None:
+                return None
+        return self._handle(shard).metadata()
+
+    def to_dict(self) -> Dict[str, torch.Tensor]:
+        """Every tensor, shard by shard (file order inside a shard)."""
+        out: Dict[str, torch.Tensor] = {}
+        wanted: Dict[str, List[str]] = {}
+        for name, fname in self._map.items():
+            wanted.setdefault(fname, []).append(name)
+        for fname in sorted(wanted):
+            f = self._handle(fname)
+            names = set(wanted[fname])
+            missing = names.difference(f.offset_keys())
+            if missing:
+                name = sorted(missing)[0]
+                raise make_error(SafetensorKeyError,
+                                 f"the index puts tensor {name} in {fname}, "
+                                 f"which does not contain it",
+                                 ST_ERR_NOT_FOUND, tensor_name=name)
+            for name, t in f.get_tensors().items():
+                if name in names:
+                    out[name] = t
+        return {name: out[name] for name in self._map}
+
+    def close(self) -> None:
+        for h in self._handles.values():
+            h.close()
+        self._handles.clear()
+
+    def __enter__(self) -> "ShardedCheckpoint":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_sharded(path: PathLike,
+                 device: Union[str, int, torch.device] = "cpu", *,
+                 backend: str = "mmap") -> ShardedCheckpoint:
+    """Opens an index, a directory or a single file as one lazy mapping."""
+    return ShardedCheckpoint(path, device, backend=backend)
+
+
+def load_sharded(path: PathLike,
+                 device: Union[str, int, torch.device] = "cpu", *,
+                 backend: str = "mmap") -> Dict[str, torch.Tensor]:
+    """Loads every tensor of a sharded checkpoint into one dict.
+
+    path: ``model.safetensors.index.json``, a directory (its index, or else
+    every ``*.safetensors`` file in it), or a single file.
+
+    Example::
+
+        state_dict = load_sharded("gpt2-checkpoint/")
+    """
+    with ShardedCheckpoint(path, device, backend=backend) as ckpt:
+        return ckpt.to_dict()
