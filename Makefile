@@ -10,7 +10,7 @@ ASAN_BUILD := build-asan
 CMAKE_FLAGS ?=
 
 .PHONY: all deps venv build build-asan test test-c test-asan check-symbols \
-        check-header test-python python-install demo clean
+        check-header check-install test-python python-install demo clean
 
 all: build
 
@@ -48,6 +48,9 @@ test-asan: build-asan
 check-symbols: build
 	scripts/check-symbols.sh $(BUILD)/libsafetensors.so
 
+check-install: build
+	scripts/check-install.sh $(BUILD)
+
 check-header: deps
 	scripts/check-header.sh
 
@@ -60,7 +63,12 @@ test-python: build venv python-install
 	ST_LIBRARY=$(CURDIR)/$(BUILD)/libsafetensors.so ST_CLI=$(CURDIR)/$(BUILD)/safetensors \
 	  $(VPY) -m pytest -q tests/python
 
-test: deps check-header test-c check-symbols test-asan test-python
+# Each mk/*.mk adds its own targets and appends the ones `make test` runs to
+# EXTRA_TESTS (robustness, C++ adapter, install checks, ...).
+EXTRA_TESTS :=
+-include $(sort $(wildcard mk/*.mk))
+
+test: deps check-header test-c check-symbols check-install test-asan test-python $(EXTRA_TESTS)
 
 demo: build venv python-install
 	ST_LIBRARY=$(CURDIR)/$(BUILD)/libsafetensors.so ST_CLI=$(CURDIR)/$(BUILD)/safetensors \

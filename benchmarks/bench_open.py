@@ -246,7 +246,7 @@ def fmt_t(s: float) -> str:
 
 
 def fmt_mb(b: float) -> str:
-    return f"{b / 2**20:.1f} MB"
+    return f"{b / 2**20:.1f} MiB"
 
 
 CONTENDERS = ["reference", "ours-py", "ours-c"]
@@ -289,7 +289,7 @@ def markdown(rows, info, cmd, rounds, plot_rel) -> str:
              "than wall-clock on a shared machine). Peak = the process's VmHWM; Δ = VmHWM minus "
              "the RSS just before opening, i.e. what open + list itself added.")
     L.append("")
-    L.append("| tensors | header | contender | wall | CPU | ns/tensor (CPU) | speed-up wall | "
+    L.append("| tensors | header (N) | contender | wall | CPU | ns/tensor (CPU) | speed-up wall | "
              "speed-up CPU | peak RSS | Δ peak |")
     L.append("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -298,7 +298,7 @@ def markdown(rows, info, cmd, rounds, plot_rel) -> str:
             x = r[c]
             sw = "—" if c == "reference" else f"{ref['median'] / x['median']:.1f}x"
             sc = "—" if c == "reference" else f"{ref['cpu'] / max(x['cpu'], 1e-9):.1f}x"
-            L.append(f"| {r['n']:,} | {fmt_mb(r['N'])} | {c} | {fmt_t(x['median'])} "
+            L.append(f"| {r['n']:,} | {r['N']:,} B | {c} | {fmt_t(x['median'])} "
                      f"[{fmt_t(x['min'])}-{fmt_t(x['max'])}] | {fmt_t(x['cpu'])} | "
                      f"{x['cpu'] / r['n'] * 1e9:.0f} | {sw} | {sc} | {fmt_mb(x['hwm'])} | "
                      f"{fmt_mb(x['delta'])} |")
@@ -418,7 +418,8 @@ def main() -> int:
                 for c in contenders), flush=True)
 
     rows = summarize(results, sizes, header_sizes)
-    cmd = "ST_LIBRARY=build/libsafetensors.so .venv/bin/python " + " ".join(
+    lib_rel = os.path.relpath(lib, ROOT) if str(lib).startswith(str(ROOT)) else str(lib)
+    cmd = f"ST_LIBRARY={lib_rel} .venv/bin/python " + " ".join(
         shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + sys.argv[1:])
     plot_name = "open_list_quick.png" if args.quick else "open_list.png"
     section = markdown(rows, info, cmd, rounds, f"plots/{plot_name}")

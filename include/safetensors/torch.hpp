@@ -178,6 +178,9 @@ class ST_TORCH_API File {
   std::vector<std::string> names() const;
   // True when name is a tensor of the file or an alias of one.
   bool contains(std::string_view name) const;
+  // The stored name that name refers to: name itself, or the tensor an alias
+  // names. Throws ST_ERR_NOT_FOUND.
+  std::string resolve(std::string_view name) const;
   // The tensor called name (or an alias of it), on options.device; the
   // options' filter and backend are ignored. Throws ST_ERR_NOT_FOUND.
   at::Tensor tensor(std::string_view name, const LoadOptions &options = {}) const;

@@ -140,7 +140,7 @@ TEST(Dtypes, PythonReferenceSaveThenCppLoad) {
   st::File file(path);
   auto names = file.names();
   EXPECT_EQ(out.keys(), names);
-  EXPECT_EQ(names.front(), "t_C64");
+  EXPECT_EQ(names.front(), "t_U64");  // highest dtype rank
 }
 
 TEST(Dtypes, CppSaveIsByteIdenticalToTheReference) {
@@ -267,6 +267,26 @@ TEST(Backends, PreadAndCopyGiveOwnedMemory) {
   st::File file(path, st::Backend::pread);
   EXPECT_EQ(file.backend(), st::Backend::pread);
   EXPECT_TRUE(at::equal(file.tensor("x"), ref));
+  unlink(path.c_str());
+}
+
+TEST(Load, OtherDevicesGoThroughStaging) {
+  // The CPU build of torch has no accelerator; the meta device still takes
+  // the non-CPU path (staging, then .to()).
+  std::string path = sttest::temp_path("device");
+  st::save(path, {{"x", at::ones({2, 3})}, {"y", at::ones({4}, at::TensorOptions().dtype(at::kHalf))}},
+           {}, {false});
+  for (auto backend : {st::Backend::mmap, st::Backend::pread}) {
+    st::LoadOptions opts;
+    opts.backend = backend;
+    opts.device = c10::Device(c10::kMeta);
+    auto out = st::load(path, opts);
+    EXPECT_TRUE(out.at("x").is_meta());
+    EXPECT_EQ(out.at("x").sizes(), (std::vector<int64_t>{2, 3}));
+    EXPECT_EQ(out.at("y").scalar_type(), at::kHalf);
+    EXPECT_TRUE(st::File(path, backend).tensor("y", opts).is_meta());
+  }
+  EXPECT_TRUE(sttest::mappings_of(path).empty());  // no CPU view kept
   unlink(path.c_str());
 }
 

@@ -139,7 +139,11 @@ def _random_index(rng: random.Random, shape):
 def _outcome(fn):
     try:
         return fn(), None
-    except Exception as e:  # noqa: BLE001 - we compare the refusals
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - we compare the refusals
+        # BaseException: the reference's pread slicing panics (pyo3
+        # PanicException, "capacity overflow") on empty ranges like 2:1.
         return None, e
 
 
@@ -200,6 +204,7 @@ def test_get_slice_matches_reference(tmp_path, ref, name, dtype, shape):
         f.close()
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_save_refusals_match_the_reference(tmp_path, ref):
     base = torch.arange(6.0)
     nested = torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)])

@@ -1,0 +1,197 @@
+/* st_bench: the physical limits and the C-level contenders that the Python
+ * benchmark suite (benchmarks/bench_cpu.py) measures beside the packages.
+ *
+ *   st_bench memcpy BYTES THREADS RUNS     multi-threaded memcpy into fresh
+ *                                          memory, and into touched memory
+ *   st_bench load FILE BACKEND THREADS RUNS  engine load of every tensor into
+ *                                          fresh memory, every byte touched
+ *   st_bench write PATH BYTES RUNS         raw sequential write + fsync
+ *
+ * Every result is one JSON object on stdout: seconds per run (median) and
+ * GB/s. Not part of the library; not installed. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "safetensors.h"
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Fresh anonymous memory, like torch.empty for a large tensor. */
+static unsigned char *fresh(size_t n) {
+  void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+typedef struct copy_job {
+  unsigned char *dst;
+  const unsigned char *src;
+  size_t len;
+} copy_job;
+
+static void *copy_worker(void *arg) {
+  copy_job *j = arg;
+  memcpy(j->dst, j->src, j->len);
+  return NULL;
+}
+
+static void par_memcpy(unsigned char *dst, const unsigned char *src, size_t n, int threads) {
+  pthread_t t[256];
+  copy_job jobs[256];
+  if (threads < 1) threads = 1;
+  if (threads > 256) threads = 256;
+  size_t per = (n / (size_t)threads + 4095) & ~(size_t)4095;
+  int k = 0;
+  for (size_t off = 0; off < n && k < threads; off += per, k++)
+    jobs[k] = (copy_job){dst + off, src + off, off + per > n ? n - off : per};
+  int started = 0;
+  for (int i = 1; i < k; i++)
+    if (pthread_create(&t[started], NULL, copy_worker, &jobs[i]) == 0) started++;
+    else copy_worker(&jobs[i]);
+  if (k > 0) copy_worker(&jobs[0]);
+  for (int i = 0; i < started; i++) pthread_join(t[i], NULL);
+}
+
+static uint64_t touch(const unsigned char *p, size_t n) {
+  uint64_t acc = 0;
+  for (size_t i = 0; i < n; i += 4096) acc += p[i];
+  return acc;
+}
+
+static int bench_memcpy(size_t n, int threads, int runs) {
+  unsigned char *src = fresh(n);
+  if (src == NULL) return 1;
+  memset(src, 0x5a, n);
+  double tf[64], tt[64];
+  unsigned char *warm = fresh(n);
+  if (warm == NULL) return 1;
+  memset(warm, 1, n);
+  for (int r = 0; r < runs && r < 64; r++) {
+    unsigned char *dst = fresh(n);
+    if (dst == NULL) return 1;
+    double t0 = now();
+    par_memcpy(dst, src, n, threads);
+    tf[r] = now() - t0;
+    munmap(dst, n);
+    t0 = now();
+    par_memcpy(warm, src, n, threads);
+    tt[r] = now() - t0;
+  }
+  double mf = median(tf, runs), mt = median(tt, runs);
+  printf("{\"op\":\"memcpy\",\"bytes\":%zu,\"threads\":%d,\"fresh_s\":%.6f,\"fresh_gbps\":%.3f,"
+         "\"touched_s\":%.6f,\"touched_gbps\":%.3f}\n",
+         n, threads, mf, (double)n / mf / 1e9, mt, (double)n / mt / 1e9);
+  return 0;
+}
+
+static int bench_load(const char *path, const char *backend, int threads, int runs) {
+  st_open_options o;
+  st_open_options_init(&o);
+  o.backend = strcmp(backend, "pread") == 0 ? ST_BACKEND_PREAD : ST_BACKEND_MMAP;
+  double t[64];
+  uint64_t bytes = 0, sink = 0;
+  for (int r = 0; r < runs && r < 64; r++) {
+    double t0 = now();
+    st_file *f;
+    st_error err;
+    if (st_open(path, &o, &f, &err) != ST_OK) {
+      fprintf(stderr, "open: %s\n", err.message);
+      return 1;
+    }
+    size_t total = (size_t)st_data_size(f);
+    unsigned char *dst = fresh(total ? total : 1);
+    st_plan *plan;
+    if (dst == NULL || st_plan_new(f, NULL, &plan, NULL) != ST_OK) return 1;
+    size_t off = 0;
+    for (size_t i = 0; i < st_tensor_count(f); i++) {
+      st_tensor_info ti;
+      st_tensor_get(f, i, &ti);
+      size_t len = (size_t)(ti.data_end - ti.data_begin);
+      if (st_plan_add_tensor(plan, i, dst + off, len, NULL) != ST_OK) return 1;
+      off += len;
+    }
+    st_exec_options eo;
+    st_exec_options_init(&eo);
+    eo.threads = (uint32_t)threads;
+    if (st_plan_execute(plan, &eo, NULL, &err) != ST_OK) {
+      fprintf(stderr, "execute: %s\n", err.message);
+      return 1;
+    }
+    sink += touch(dst, total);
+    t[r] = now() - t0;
+    bytes = total;
+    st_plan_free(plan);
+    st_close(f);
+    munmap(dst, total ? total : 1);
+  }
+  double m = median(t, runs);
+  printf("{\"op\":\"load\",\"backend\":\"%s\",\"bytes\":%llu,\"threads\":%d,\"s\":%.6f,\"gbps\":%.3f,"
+         "\"sink\":%llu}\n",
+         backend, (unsigned long long)bytes, threads, m, (double)bytes / m / 1e9,
+         (unsigned long long)(sink & 1));
+  return 0;
+}
+
+static int bench_write(const char *path, size_t n, int runs) {
+  unsigned char *src = fresh(n);
+  if (src == NULL) return 1;
+  memset(src, 0x33, n);
+  double t[64];
+  for (int r = 0; r < runs && r < 64; r++) {
+    unlink(path);
+    double t0 = now();
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return 1;
+    size_t done = 0;
+    while (done < n) {
+      size_t chunk = n - done < (8u << 20) ? n - done : (8u << 20);
+      ssize_t w = write(fd, src + done, chunk);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return 1;
+      }
+      done += (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) return 1;
+    t[r] = now() - t0;
+  }
+  unlink(path);
+  double m = median(t, runs);
+  printf("{\"op\":\"write\",\"bytes\":%zu,\"s\":%.6f,\"gbps\":%.3f}\n", n, m, (double)n / m / 1e9);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc == 5 && strcmp(argv[1], "memcpy") == 0)
+    return bench_memcpy((size_t)strtoull(argv[2], NULL, 10), atoi(argv[3]), atoi(argv[4]));
+  if (argc == 6 && strcmp(argv[1], "load") == 0)
+    return bench_load(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+  if (argc == 5 && strcmp(argv[1], "write") == 0)
+    return bench_write(argv[2], (size_t)strtoull(argv[3], NULL, 10), atoi(argv[4]));
+  fprintf(stderr,
+          "usage: st_bench memcpy BYTES THREADS RUNS | load FILE mmap|pread THREADS RUNS |"
+          " write PATH BYTES RUNS\n");
+  return 2;
+}
