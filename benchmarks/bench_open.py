@@ -381,7 +381,7 @@ def main() -> int:
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     rounds = args.rounds or (2 if args.quick else 5)
     write = not (args.quick or args.no_write)
-    lib = Path(os.environ.get("ST_LIBRARY", ROOT / "build" / "libsafetensors.so")).resolve()
+    lib = Path(os.environ.get("ST_LIBRARY", ROOT / "build" / "libsafetensors.so")).absolute()
     include = Path(os.environ.get("ST_INCLUDE", ROOT / "include")).resolve()
     os.environ["ST_LIBRARY"] = str(lib)
 

@@ -303,8 +303,8 @@ def render(results: dict, machine: dict, command: str, runs: int, small: bool) -
     out.append(f"- Command: `{command}`")
     n_tensors = next(iter(next(iter(results.values())).values()))["tensors"]
     out.append(f"- Workload: {'a small 2-layer model (--quick)' if small else 'GPT-2 small'} "
-               f"state_dict, {n_tensors} tensors, warm page cache, every byte touched after each load; "
-               f"{runs} alternating runs after one warm-up round; median (min-max) seconds; "
+               f"state_dict, {n_tensors} tensors, warm page cache, every byte touched after each "
+               f"load; {runs} alternating runs after one warm-up round; median (min-max) seconds; "
                "peak MiB = peak RSS growth in the contender's own process (touched pages of a "
                "mapped file count as RSS). Ratio = contender / ours-hook (above 1: we are "
                "faster).")
@@ -329,7 +329,10 @@ def render(results: dict, machine: dict, command: str, runs: int, small: bool) -
     out.append("")
     out.append("ours-owned and pickle-mmap load the files written by ours-hook and pickle. "
                "raw-io is the physical limit of this machine for the same bytes (one "
-               "sequential write; one read into preallocated memory), not a contender.")
+               "sequential write; one read into preallocated memory), not a contender. "
+               "ours-* saves are durable (temporary file, fsync, rename, directory fsync), which "
+               "the reference, pickle and raw-io do not do; where the disk is slow the fsync "
+               "is most of our save time.")
     out.append(END)
     return "\n".join(out)
 

@@ -471,6 +471,12 @@ ST_API st_status st_writer_add_metadata(st_writer *writer, const char *key,
                                         size_t key_len, const char *value,
                                         size_t value_len, st_error *err);
 
+/** Makes the header carry a __metadata__ object even when no entry is added:
+ *  `"__metadata__":{}`, which is what the reference writes for an empty
+ *  metadata dict (with no entries and no call, the key is left out).
+ *  Statuses: ST_ERR_INVALID_ARGUMENT (NULL writer). */
+ST_API st_status st_writer_declare_metadata(st_writer *writer);
+
 /** Declares a tensor whose data_len bytes are at data (borrowed until the
  *  write ends). The name and shape are copied. data_len must equal shape x
  *  dtype bits / 8. Statuses: ST_ERR_DUPLICATE_KEY, ST_ERR_RESERVED_NAME,

@@ -31,6 +31,14 @@ step "install to $PREFIX"
 rm -rf "$PREFIX"
 cmake --install "$BUILD" >/dev/null
 test -f "$PREFIX/include/safetensors/torch.hpp"
+if ! grep -q safetensorsTorch.cmake "$PREFIX/lib/cmake/safetensors/safetensorsConfig.cmake"; then
+  echo "check-cpp: the installed safetensorsConfig.cmake does not include safetensorsTorch.cmake;" >&2
+  echo "  cmake/safetensorsConfig.cmake.in needs, before check_required_components():" >&2
+  echo '    if(EXISTS "${CMAKE_CURRENT_LIST_DIR}/safetensorsTorch.cmake")' >&2
+  echo '      include("${CMAKE_CURRENT_LIST_DIR}/safetensorsTorch.cmake")' >&2
+  echo '    endif()' >&2
+  exit 1
+fi
 
 step "deployment example: a consumer of the installed package"
 cmake -S examples/cpp -B "$EXAMPLE" -G Ninja -DCMAKE_BUILD_TYPE=Release \

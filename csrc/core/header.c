@@ -380,6 +380,27 @@ static size_t decode_into(const strview *v, unsigned char *out, size_t *nul_at) 
   return o;
 }
 
+/* As nfail, naming a tensor by its raw key: the escapes are decoded for the
+ * error record (only the prefix that fits is kept). */
+static st_status sfail(st_error *err, st_status code, const char *msg, uint64_t pos,
+                       const strview *v) {
+  unsigned char buf[ST_ERROR_NAME_CAP + 4];
+  size_t i = 0, o = 0, full = 0;
+  while (i < v->len) {
+    unsigned char one[4];
+    uint32_t cp;
+    size_t k = decode_one(v, &i, one, &cp);
+    if (o + k < ST_ERROR_NAME_CAP) {
+      memcpy(buf + o, one, k);
+      o += k;
+    }
+    full += k;
+  }
+  st_status st = st__fail(err, code, msg, pos, (const char *)buf, o, 0);
+  if (err != NULL) err->name_len = full;
+  return st;
+}
+
 /* Whether the decoded string equals the literal. */
 static bool str_is(const strview *v, const char *lit) {
   size_t ll = strlen(lit);
@@ -471,8 +492,8 @@ static st_status walk_entry(const walk *w, size_t k, size_t v,
                             const st_open_options *o, st__tensor *t) {
   strview name = tok_str(w, k);
   if (w->t[v].type != JSMN_OBJECT)
-    return nfail(w->err, ST_ERR_HEADER_DESERIALIZATION, "a tensor entry is not an object",
-                 tok_pos(w, v), name.s, name.len);
+    return sfail(w->err, ST_ERR_HEADER_DESERIALIZATION, "a tensor entry is not an object",
+                 tok_pos(w, v), &name);
   bool have_dtype = false, have_shape = false, have_offsets = false;
   memset(t, 0, sizeof *t);
   t->aux = k;
@@ -487,35 +508,35 @@ static st_status walk_entry(const walk *w, size_t k, size_t v,
     else if (str_is(&field, "shape")) seen = &have_shape;
     else if (str_is(&field, "data_offsets")) seen = &have_offsets;
     if (seen != NULL && *seen)
-      return nfail(w->err, ST_ERR_DUPLICATE_KEY, "a field appears twice in a tensor entry",
-                   tok_pos(w, fk), name.s, name.len);
+      return sfail(w->err, ST_ERR_DUPLICATE_KEY, "a field appears twice in a tensor entry",
+                   tok_pos(w, fk), &name);
     if (seen == &have_dtype) {
       st_status bad = ST_ERR_HEADER_DESERIALIZATION;
       if (w->t[fv].type != JSMN_STRING)
-        return nfail(w->err, bad, "dtype is not a string", tok_pos(w, fv), name.s, name.len);
+        return sfail(w->err, bad, "dtype is not a string", tok_pos(w, fv), &name);
       strview d = tok_str(w, fv);
       unsigned char buf[24 + 1];
       size_t nul;
       if (d.len >= sizeof buf)
-        return nfail(w->err, bad, "unknown dtype", tok_pos(w, fv), name.s, name.len);
+        return sfail(w->err, bad, "unknown dtype", tok_pos(w, fv), &name);
       size_t dl = decode_into(&d, buf, &nul);
       if (st_dtype_from_name((const char *)buf, dl, &t->dtype) != ST_OK)
-        return nfail(w->err, bad, "unknown dtype", tok_pos(w, fv), name.s, name.len);
+        return sfail(w->err, bad, "unknown dtype", tok_pos(w, fv), &name);
     } else if (seen == &have_shape) {
       if (w->t[fv].type != JSMN_ARRAY)
-        return nfail(w->err, ST_ERR_HEADER_DESERIALIZATION, "shape is not an array",
-                     tok_pos(w, fv), name.s, name.len);
+        return sfail(w->err, ST_ERR_HEADER_DESERIALIZATION, "shape is not an array",
+                     tok_pos(w, fv), &name);
       size_t rank = (size_t)w->t[fv].size;
       if (rank > o->max_rank)
-        return nfail(w->err, ST_ERR_LIMIT, "more dimensions than the rank limit",
-                     tok_pos(w, fv), name.s, name.len);
+        return sfail(w->err, ST_ERR_LIMIT, "more dimensions than the rank limit",
+                     tok_pos(w, fv), &name);
       uint64_t numel = 1;
       for (size_t d = 0; d < rank; d++) {
         uint64_t dim;
         if (fv + 1 + d >= w->ntok || !tok_u64(w, fv + 1 + d, &dim))
-          return nfail(w->err, ST_ERR_HEADER_DESERIALIZATION,
+          return sfail(w->err, ST_ERR_HEADER_DESERIALIZATION,
                        "a dimension is not a non-negative 64-bit integer",
-                       tok_pos(w, fv + 1 + d < w->ntok ? fv + 1 + d : fv), name.s, name.len);
+                       tok_pos(w, fv + 1 + d < w->ntok ? fv + 1 + d : fv), &name);
         if (st__mul_overflow_u64(numel, dim, &numel)) t->overflow = true;
       }
       t->rank = (uint32_t)rank;
@@ -523,23 +544,23 @@ static st_status walk_entry(const walk *w, size_t k, size_t v,
       t->shape_tok = fv;
     } else if (seen == &have_offsets) {
       if (w->t[fv].type != JSMN_ARRAY || w->t[fv].size != 2)
-        return nfail(w->err, ST_ERR_HEADER_DESERIALIZATION,
-                     "data_offsets is not an array of two integers", tok_pos(w, fv), name.s, name.len);
+        return sfail(w->err, ST_ERR_HEADER_DESERIALIZATION,
+                     "data_offsets is not an array of two integers", tok_pos(w, fv), &name);
       for (size_t d = 0; d < 2; d++) {
         if (fv + 1 + d >= w->ntok || !tok_u64(w, fv + 1 + d, d == 0 ? &t->begin : &t->end))
-          return nfail(w->err, ST_ERR_HEADER_DESERIALIZATION,
+          return sfail(w->err, ST_ERR_HEADER_DESERIALIZATION,
                        "an offset is not a non-negative 64-bit integer",
-                       tok_pos(w, fv + 1 + d < w->ntok ? fv + 1 + d : fv), name.s, name.len);
+                       tok_pos(w, fv + 1 + d < w->ntok ? fv + 1 + d : fv), &name);
       }
     }
     if (seen != NULL) *seen = true;
     j = skip(w, fv);
   }
   if (!have_dtype || !have_shape || !have_offsets)
-    return nfail(w->err, ST_ERR_HEADER_DESERIALIZATION,
+    return sfail(w->err, ST_ERR_HEADER_DESERIALIZATION,
                  !have_dtype ? "missing field dtype" : !have_shape ? "missing field shape"
                                                      : "missing field data_offsets",
-                 tok_pos(w, v), name.s, name.len);
+                 tok_pos(w, v), &name);
   return ST_OK;
 }
 
@@ -587,8 +608,8 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
     strview key = tok_str(w, k);
     if (str_is(&key, "__metadata__")) {
       if (seen_meta)
-        return nfail(err, ST_ERR_DUPLICATE_KEY, "__metadata__ appears twice", tok_pos(w, k),
-                     key.s, key.len);
+        return sfail(err, ST_ERR_DUPLICATE_KEY, "__metadata__ appears twice", tok_pos(w, k),
+                     &key);
       seen_meta = true;
       if (t[v].type == JSMN_OBJECT) {
         meta_tok = v;
@@ -606,7 +627,7 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
       }
     } else {
       if (nt >= o->max_tensors)
-        return nfail(err, ST_ERR_LIMIT, "more tensors than the limit", tok_pos(w, k), key.s, key.len);
+        return sfail(err, ST_ERR_LIMIT, "more tensors than the limit", tok_pos(w, k), &key);
       if (nt == cap) {
         /* Grown as entries prove valid, so junk cannot make a big table. */
         size_t ncap = cap == 0 ? 16 : cap * 2;

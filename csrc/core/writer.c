@@ -63,6 +63,7 @@ struct st_writer {
   wtensor **order;      /* file order; metadata order follows it */
   wmeta **morder;
   uint64_t max_cb_bytes; /* largest producer-backed tensor */
+  bool meta_declared;    /* write __metadata__ even when it is empty */
 };
 
 /* --- hashing ---------------------------------------------------------------
@@ -240,6 +241,15 @@ static bool grow(const st_allocator *a, void **arr, size_t *cap, size_t count,
   *arr = p;
   *cap = ncap;
   return true;
+}
+
+st_status st_writer_declare_metadata(st_writer *w) {
+  if (w == NULL) return ST_ERR_INVALID_ARGUMENT;
+  if (!w->meta_declared) {
+    drop_layout(w);
+    w->meta_declared = true;
+  }
+  return ST_OK;
 }
 
 st_status st_writer_add_metadata(st_writer *w, const char *key, size_t key_len,
@@ -483,7 +493,8 @@ static void j_u64(jbuf *b, uint64_t v) {
 
 static void j_header(jbuf *b, const st_writer *w) {
   j_char(b, '{');
-  if (w->nmeta > 0) {
+  bool with_meta = w->nmeta > 0 || w->meta_declared;
+  if (with_meta) {
     j_str(b, metadata_key, sizeof metadata_key - 1);
     j_raw(b, ":{", 2);
     for (size_t i = 0; i < w->nmeta; i++) {
@@ -498,7 +509,7 @@ static void j_header(jbuf *b, const st_writer *w) {
   uint64_t off = 0;
   for (size_t i = 0; i < w->ntensors; i++) {
     const wtensor *t = w->order[i];
-    if (i > 0 || w->nmeta > 0) j_char(b, ',');
+    if (i > 0 || with_meta) j_char(b, ',');
     j_str(b, t->key.s, t->key.len);
     j_raw(b, ":{\"dtype\":\"", 11);
     const char *dn = st_dtype_name(t->dtype);

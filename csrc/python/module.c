@@ -1113,6 +1113,14 @@ static PyObject *Writer_add_metadata(WriterObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+static PyObject *Writer_declare_metadata(WriterObject *self,
+                                         PyObject *Py_UNUSED(ignored)) {
+  if (writer_check(self) < 0)
+    return NULL;
+  st_writer_declare_metadata(self->w);
+  Py_RETURN_NONE;
+}
+
 static PyObject *Writer_add_tensor(WriterObject *self, PyObject *args,
                                    PyObject *kwds) {
   static char *kwlist[] = {"name", "dtype", "shape", "data", "nbytes",
@@ -1349,6 +1357,8 @@ static PyObject *Writer_to_bytes(WriterObject *self,
 static PyMethodDef Writer_methods[] = {
     {"add_metadata", (PyCFunction)Writer_add_metadata, METH_VARARGS,
      "add_metadata(key, value)"},
+    {"declare_metadata", (PyCFunction)Writer_declare_metadata, METH_NOARGS,
+     "declare_metadata(): write __metadata__ even when empty"},
     {"add_tensor", (PyCFunction)(void (*)(void))Writer_add_tensor,
      METH_VARARGS | METH_KEYWORDS,
      "add_tensor(name, dtype, shape, data, nbytes=None, owner=None)\n"

@@ -16,12 +16,12 @@ constexpr int kMaxDepth = 256;
 struct Json {
   enum Kind { Null, Bool, Number, String, Array, Object } kind = Null;
   std::string text;  // String: decoded; Number: as written
-  std::vector<Json> items;
-  std::vector<std::pair<std::string, Json>> members;
+  std::vector<Json> items;         // Array elements; Object values
+  std::vector<std::string> keys;   // Object keys, parallel to items
 
   const Json *get(std::string_view key) const {
-    for (const auto &m : members)
-      if (m.first == key) return &m.second;
+    for (size_t i = 0; i < keys.size(); ++i)
+      if (keys[i] == key) return &items[i];
     return nullptr;
   }
 };
@@ -138,7 +138,8 @@ class Parser {
         if (!lit(":")) return false;
         Json v;
         if (!value(v, depth + 1)) return false;
-        out.members.emplace_back(std::move(key), std::move(v));
+        out.keys.push_back(std::move(key));
+        out.items.push_back(std::move(v));
         ws();
         if (lit(",")) continue;
         return lit("}");

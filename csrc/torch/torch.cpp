@@ -442,7 +442,9 @@ std::unique_ptr<st_writer, WriterDeleter> make_writer(const TensorDict &tensors,
     });
   }
   keep.reserve(tensors.size());
-  for (const auto &[name, tensor] : tensors) {
+  for (const auto &item : tensors) {
+    const std::string &name = item.first;
+    const at::Tensor &tensor = item.second;
     if (!tensor.defined())
       throw Error(ST_ERR_INVALID_ARGUMENT, "undefined tensor", ST_NO_OFFSET, name);
     if (tensor.layout() != c10::kStrided)

@@ -714,4 +714,44 @@ TEST(ReaderScale, HugeHeaderOfZeroSizeTensors) {
   st_close(f);
 }
 
+TEST(ReaderScale, MillionMetadataKeysAndHugeMetadataString) {
+  const size_t keys = 1000000;
+  std::string h = "{\"__metadata__\":{";
+  h.reserve(keys * 20 + 64);
+  char buf[64];
+  for (size_t i = 0; i < keys; i++) {
+    int n = std::snprintf(buf, sizeof buf, "%s\"k%07zu\":\"%zu\"", i ? "," : "", keys - 1 - i, i);
+    h.append(buf, static_cast<size_t>(n));
+  }
+  h += "}}";
+  std::string bytes = make_file(h);
+  st_file *f = nullptr;
+  st_error err;
+  ASSERT_EQ(st_open_memory(bytes.data(), bytes.size(), nullptr, &f, &err), ST_OK) << err.message;
+  ASSERT_EQ(st_metadata_count(f), keys);
+  const char *k, *v;
+  size_t kl, vl;
+  ASSERT_EQ(st_metadata_get(f, 0, &k, &kl, &v, &vl), ST_OK);
+  EXPECT_EQ(std::string(k, kl), "k0000000");
+  EXPECT_EQ(std::string(v, vl), std::to_string(keys - 1));
+  ASSERT_EQ(st_metadata_find(f, "k0654321", 8, &v, &vl), ST_OK);
+  EXPECT_EQ(std::string(v, vl), std::to_string(keys - 1 - 654321));
+  st_close(f);
+
+  // One 90 MB metadata value (with an escape, so it is decoded, not copied).
+  std::string big(90u << 20, 'v');
+  big[12345] = '\\';
+  big[12346] = 'n';
+  std::string h2 = "{\"__metadata__\":{\"blob\":\"" + big + "\"}}";
+  big.clear();
+  bytes = make_file(h2);
+  h2.clear();
+  ASSERT_EQ(st_open_memory(bytes.data(), bytes.size(), nullptr, &f, &err), ST_OK) << err.message;
+  ASSERT_EQ(st_metadata_find(f, "blob", 4, &v, &vl), ST_OK);
+  EXPECT_EQ(vl, (90u << 20) - 1);
+  EXPECT_EQ(v[12345], '\n');
+  EXPECT_EQ(v[vl], '\0');
+  st_close(f);
+}
+
 }  // namespace

@@ -271,6 +271,9 @@ std::vector<Row> rows() {
   {
     std::string h = "{\"t\":{\"shape\":[1],\"data_offsets\":[0,1]}}";
     bad("missing_dtype", make_file(h, one), ST_ERR_HEADER_DESERIALIZATION, at(h, "{\"shape"), "t");
+    h = "{\"\\u0061\\u00e9\":{\"shape\":[1],\"data_offsets\":[0,1]}}";
+    bad("missing_dtype_escaped_name", make_file(h, one), ST_ERR_HEADER_DESERIALIZATION,
+        at(h, "{\"shape"), "a\xC3\xA9");
     h = "{\"t\":{\"dtype\":\"U8\",\"data_offsets\":[0,1]}}";
     bad("missing_shape", make_file(h, one), ST_ERR_HEADER_DESERIALIZATION, at(h, "{\"dtype"), "t");
     h = "{\"t\":{\"dtype\":\"U8\",\"shape\":[1]}}";

@@ -1288,4 +1288,27 @@ TEST(WriterAlloc, NewAndFreeEdgeCases) {
   EXPECT_EQ(fa.live, 0);
 }
 
+// metadata={} in the reference writes an empty __metadata__ object; the
+// writer does the same after st_writer_declare_metadata().
+TEST(WriterBytes, DeclaredEmptyMetadataMatchesReference) {
+  st_writer *w = nullptr;
+  ASSERT_EQ(st_writer_new(nullptr, &w, nullptr), ST_OK);
+  const float zeros[2] = {0, 0};
+  const uint64_t shape[1] = {2};
+  ASSERT_EQ(st_writer_add_tensor(w, "a", 1, ST_F32, shape, 1, zeros, sizeof zeros, nullptr), ST_OK);
+  uint64_t size_before = 0, size_after = 0;
+  ASSERT_EQ(st_writer_size(w, &size_before, nullptr), ST_OK);
+  EXPECT_EQ(st_writer_declare_metadata(nullptr), ST_ERR_INVALID_ARGUMENT);
+  ASSERT_EQ(st_writer_declare_metadata(w), ST_OK);
+  ASSERT_EQ(st_writer_size(w, &size_after, nullptr), ST_OK);
+  EXPECT_GT(size_after, size_before);  // the cached layout was dropped
+  std::string out(static_cast<size_t>(size_after), '\0');
+  ASSERT_EQ(st_writer_write_memory(w, &out[0], out.size(), nullptr, nullptr), ST_OK);
+  // safetensors.torch.save({"a": torch.zeros(2)}, metadata={}) from 0.8.0:
+  const std::string header =
+      "{\"__metadata__\":{},\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+  EXPECT_EQ(out, std::string("H\0\0\0\0\0\0\0", 8) + header + std::string(8, '\0'));
+  st_writer_free(w);
+}
+
 }  // namespace

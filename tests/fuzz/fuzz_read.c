@@ -45,6 +45,7 @@ static st_file *open_pread(const uint8_t *data, size_t size, st_status *s) {
 static void check_slice(st_file *f, st_file *p, size_t i, const st_tensor_info *t,
                         const uint8_t *bytes, fz_rng *r) {
   st_range rg[ST_DEFAULT_MAX_RANK + 1];
+  memset(rg, 0, sizeof rg);
   size_t nr = (size_t)fz_below(r, (uint64_t)t->rank + 2); /* may exceed rank */
   for (size_t d = 0; d < nr; d++) {
     uint64_t dim = d < t->rank ? t->shape[d] : 1;

@@ -103,7 +103,6 @@ Loading
 from __future__ import annotations
 
 import collections
-import io
 import json
 import math
 import os
@@ -509,10 +508,7 @@ def save_safetensors(obj: Any, f: Any, metadata: dict[str, str] | None = None,
         torch.cuda.synchronize()
     from .torch import _write_tensors
 
-    if isinstance(f, (str, os.PathLike)):
-        _write_tensors(host, f, md)
-    else:
-        _write_tensors(host, f, md)
+    _write_tensors(host, f, md)
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ import torch
 
 from .errors import (
     ST_ERR_NOT_FOUND,
-    SafetensorError,
     SafetensorFileNotFoundError,
     SafetensorKeyError,
     SafetensorTypeError,

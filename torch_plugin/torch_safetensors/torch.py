@@ -51,7 +51,6 @@ import torch
 
 from . import _C, _dtypes
 from .errors import (
-    ST_ERR_INVALID_ARGUMENT,
     ST_ERR_NOT_FOUND,
     SafetensorError,
     SafetensorIndexError,
@@ -166,7 +165,9 @@ def _read_owned(f: "_C.File", items: List[Tuple[int, tuple]],
     out = [_empty_for(info, pin) for _, info in items]
     plan = [(i, t.data_ptr(), info[4] - info[3])
             for (i, info), t in zip(items, out) if info[4] > info[3]]
-    if plan:
+    if len(plan) == 1 and plan[0][2] < (8 << 20):
+        f.read_into(*plan[0])  # not worth a thread pool
+    elif plan:
         f.read_many(plan)
     return out
 
@@ -646,7 +647,8 @@ def _host_tensors(tensors: Dict[str, torch.Tensor],
 def _writer(tensors: Dict[str, torch.Tensor],
             metadata: Optional[Dict[str, str]]) -> "_C.Writer":
     w = _C.Writer()
-    if metadata:
+    if metadata is not None:
+        w.declare_metadata()  # metadata={} writes an empty object, as the reference
         for k in sorted(metadata):
             w.add_metadata(k, metadata[k])
     for k, v in tensors.items():

@@ -133,6 +133,7 @@ class Evil:
         return (os.system, (f"touch {os.environ.get('EVIL_MARKER', '/nonexistent/x')}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_convert_refuses_pickles_needing_full_unpickle(tmp_path, monkeypatch, capsys):
     import pickle
 

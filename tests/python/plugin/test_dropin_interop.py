@@ -47,6 +47,22 @@ def test_same_bytes_as_the_reference(tmp_path, ref):
     assert ours.read_bytes() == theirs.read_bytes()
 
 
+def test_empty_metadata_dict_same_bytes_as_the_reference(tmp_path, ref):
+    tensors = {"a": torch.zeros(2), "b": torch.ones(3, dtype=torch.int64)}
+    assert st.save(tensors, metadata={}) == ref.save(tensors, metadata={})
+    assert st.save(tensors, metadata={}) != st.save(tensors)
+    with st.safe_open(_write(tmp_path, st.save(tensors, metadata={})), "pt") as f:
+        assert f.metadata() == {}
+    with st.safe_open(_write(tmp_path, st.save(tensors)), "pt") as f:
+        assert f.metadata() is None
+
+
+def _write(tmp_path, data: bytes):
+    p = tmp_path / f"f{zlib.crc32(data)}.safetensors"
+    p.write_bytes(data)
+    return p
+
+
 def test_each_reads_the_others_files(tmp_path, ref):
     tensors = _mixed(seed=10)
     ours, theirs = str(tmp_path / "o.st"), str(tmp_path / "r.st")
