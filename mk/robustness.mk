@@ -43,8 +43,10 @@ fuzz-build: deps $(FUZZ_BUILD)/build.ninja
 # option builds only them; the libFuzzer binaries need clang).
 fuzz-replay: build fuzz-build
 	cmake -S . -B $(BUILD) -DST_BUILD_FUZZ=ON > /dev/null
-	cmake --build $(BUILD) -j $(JOBS) --target $(addprefix replay_,$(FUZZ_TARGETS))
-XX
+	cmake --build $(BUILD) -j $(JOBS) --target wide_values $(addprefix replay_,$(FUZZ_TARGETS))
+	ctest --test-dir $(BUILD) --output-on-failure -R '^(fuzz_replay_|robust_)'
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target wide_values
+	$(FUZZ_SAN_ENV) ctest --test-dir $(FUZZ_BUILD) --output-on-failure -R '^(fuzz_replay_|robust_)'
 
 fuzz-smoke: fuzz-build
 	@set -e; for t in $(FUZZ_TARGETS); do \

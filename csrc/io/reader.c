@@ -199,8 +199,10 @@ st_status st_open(const char *path, const st_open_options *opts, st_file **out, 
   st_status st = take_options(opts, &o, err);
   if (st != ST_OK) return st;
   int fd;
+  /* O_NONBLOCK: opening a FIFO must not hang (it is refused as not a regular
+   * file); it changes nothing for regular files. */
   do {
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) return io_fail(err, "cannot open the file", errno);
   return open_fd_owned(fd, &o, out, err);

@@ -294,6 +294,10 @@ TEST_F(ReaderApi, OptionsAndOpenErrors) {
     EXPECT_EQ(f, nullptr);
   }
   rmdir(dir.c_str());
+  std::string fifo = sttest::temp_path("fifo");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(st_open(fifo.c_str(), nullptr, &f, &err), ST_ERR_IO);  // refused, never blocks
+  std::remove(fifo.c_str());
   EXPECT_EQ(st_open_fd(100000, nullptr, &f, &err), ST_ERR_IO);
   EXPECT_EQ(err.sys_errno, EBADF);
 

@@ -25,7 +25,7 @@ def test_distribution_metadata():
     assert dist.version == torch_safetensors.__version__
     eps = [ep for ep in dist.entry_points if ep.group == "torch.backends"]
     assert [(ep.name, ep.value) for ep in eps] == \
-        [("torch_safetensors", "torch_safetensors:_autoload")]
+        [("torch_safetensors", "torch_safetensors_autoload:autoload")]
     # torch is a run-time requirement only, unpinned.
     assert [r for r in dist.requires or [] if r.startswith("torch")] == \
         ["torch"]
@@ -60,6 +60,21 @@ def test_import_package_first_then_torch():
     out = _run("import torch_safetensors, torch\n"
                "print(torch.load.__module__, torch.save.__module__)")
     assert out == "torch_safetensors._hook torch_safetensors._hook"
+
+
+def test_broken_package_does_not_break_import_torch(tmp_path):
+    # A torch_safetensors that fails to import (shadowed here by a broken
+    # copy) must leave `import torch` working, with a warning.
+    broken = tmp_path / "torch_safetensors"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('simulated broken install')\n")
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c",
+         "import torch; print(torch.load.__module__)"],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "torch.serialization"
+    assert "simulated broken install" in out.stderr
 
 
 def test_autoload_can_be_disabled():
