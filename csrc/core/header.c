@@ -515,7 +515,8 @@ static st_status walk_entry(const walk *w, size_t k, size_t v,
       if (w->t[fv].type != JSMN_STRING)
         return sfail(w->err, bad, "dtype is not a string", tok_pos(w, fv), &name);
       strview d = tok_str(w, fv);
-      unsigned char buf[24 + 1];
+      /* Longest name (11 bytes), every byte spelled as a \uXXXX escape. */
+      unsigned char buf[6 * 11 + 1];
       size_t nul;
       if (d.len >= sizeof buf)
         return sfail(w->err, bad, "unknown dtype", tok_pos(w, fv), &name);

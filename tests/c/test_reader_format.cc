@@ -296,6 +296,15 @@ std::vector<Row> rows() {
     bad("dtype_unknown", make_file(h, one), ST_ERR_HEADER_DESERIALIZATION, at(h, "\"F31"), "t");
     h = "{\"t\":" + entry("u8", "[1]", 0, 1) + "}";
     bad("dtype_wrong_case", make_file(h, one), ST_ERR_HEADER_DESERIALIZATION, at(h, "\"u8"), "t");
+    // Found by the differential test: a dtype spelled entirely with \u escapes
+    // (66 raw bytes for the 11-byte F8_E4M3FNUZ) is still that dtype.
+    h = "{\"t\":" + entry("\\u0046\\u0038\\u005f\\u0045\\u0034\\u004d\\u0033\\u0046\\u004e\\u0055\\u005a",
+                        "[1]", 0, 1) + "}";
+    ok("dtype_fully_escaped_longest", make_file(h, one));
+    h = "{\"t\":" + entry("\\u0046\\u0038\\u005f\\u0045\\u0034\\u004d\\u0033\\u0046\\u004e\\u0055\\u005a\\u005a",
+                        "[1]", 0, 1) + "}";
+    bad("dtype_fully_escaped_too_long", make_file(h, one), ST_ERR_HEADER_DESERIALIZATION,
+        at(h, "\"\\u0046"), "t");
     h = "{\"t\":" + entry("U8 ", "[1]", 0, 1) + "}";
     bad("dtype_trailing_space", make_file(h, one), ST_ERR_HEADER_DESERIALIZATION, at(h, "\"U8 "), "t");
     h = "{\"t\":" + entry(std::string(40, 'F'), "[1]", 0, 1) + "}";
