@@ -19,8 +19,8 @@ typedef struct st__tensor {
   uint64_t begin;        /* relative to the data section */
   uint64_t end;
   uint64_t name_pos;     /* file offset of the name's opening quote */
-  size_t aux;            /* while parsing: token of the name, then the rank
-                            in name order */
+  size_t aux;            /* while parsing: token of the name, then the
+                            entry's position in the header */
   size_t shape_tok;      /* while parsing: token of the shape array */
   uint32_t rank;
   st_dtype dtype;

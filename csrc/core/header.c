@@ -482,6 +482,12 @@ static int cmp_tensor_range(const void *pa, const void *pb) {
   return cmp_name(a->name, a->name_len, b->name, b->name_len);
 }
 
+/* qsort_r comparator over indices into the tensor array ctx. */
+static int cmp_index_name(const void *pa, const void *pb, void *ctx) {
+  const st__tensor *t = ctx;
+  return cmp_tensor_name(&t[*(const size_t *)pa], &t[*(const size_t *)pb]);
+}
+
 static int cmp_meta(const void *pa, const void *pb) {
   const st__meta *a = pa, *b = pb;
   return cmp_name(a->key, a->key_len, b->key, b->key_len);
@@ -739,12 +745,23 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
   const char *bad_name = bad_t != NULL ? bad_t->name : NULL;
   size_t bad_len = bad_t != NULL ? bad_t->name_len : 0;
 
+  /* Name order is an index sort (8-byte moves, not whole records), and
+   * both sorts are skipped when the header is already in order: files from
+   * the reference writer are in range order, and in name order too when
+   * they hold one dtype. */
   if (nt > 0) {
-    qsort(f->tensors, nt, sizeof *f->tensors, cmp_tensor_name);
+    f->name_order = alloc_n(a, nt, sizeof *f->name_order);
+    if (f->name_order == NULL) return nomem(err, "cannot allocate the name index");
+    bool by_name = true;
     for (size_t x = 0; x < nt; x++) {
-      f->tensors[x].aux = x;
-      if (x > 0 && cmp_tensor_name(&f->tensors[x - 1], &f->tensors[x]) == 0) {
-        const st__tensor *p = &f->tensors[x - 1], *q = &f->tensors[x];
+      f->name_order[x] = x;
+      f->tensors[x].aux = x; /* header position, for the remap below */
+      if (x > 0 && by_name && cmp_tensor_name(&f->tensors[x - 1], &f->tensors[x]) > 0) by_name = false;
+    }
+    if (!by_name) qsort_r(f->name_order, nt, sizeof *f->name_order, cmp_index_name, f->tensors);
+    for (size_t k = 1; k < nt; k++) {
+      const st__tensor *p = &f->tensors[f->name_order[k - 1]], *q = &f->tensors[f->name_order[k]];
+      if (cmp_tensor_name(p, q) == 0) {
         const st__tensor *later = p->name_pos > q->name_pos ? p : q;
         return nfail(err, ST_ERR_DUPLICATE_KEY, "a tensor name appears twice", later->name_pos,
                      (const unsigned char *)later->name, later->name_len);
@@ -754,10 +771,17 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
   if (bad != ST_OK)
     return nfail(err, bad, bad_msg, bad_pos, (const unsigned char *)bad_name, bad_len);
   if (nt > 0) {
-    qsort(f->tensors, nt, sizeof *f->tensors, cmp_tensor_range);
-    f->name_order = alloc_n(a, nt, sizeof *f->name_order);
-    if (f->name_order == NULL) return nomem(err, "cannot allocate the name index");
-    for (size_t x = 0; x < nt; x++) f->name_order[f->tensors[x].aux] = x;
+    bool by_range = true;
+    for (size_t x = 1; x < nt && by_range; x++)
+      if (cmp_tensor_range(&f->tensors[x - 1], &f->tensors[x]) > 0) by_range = false;
+    if (!by_range) {
+      qsort(f->tensors, nt, sizeof *f->tensors, cmp_tensor_range);
+      size_t *pos = alloc_n(a, nt, sizeof *pos);
+      if (pos == NULL) return nomem(err, "cannot allocate the name index");
+      for (size_t x = 0; x < nt; x++) pos[f->tensors[x].aux] = x;
+      for (size_t k = 0; k < nt; k++) f->name_order[k] = pos[f->name_order[k]];
+      st__free(a, pos);
+    }
   }
 
   uint64_t end = 0;

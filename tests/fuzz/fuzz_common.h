@@ -25,7 +25,7 @@
   } while (0)
 
 /* Every status the library may return, pinned range. */
-#define FZ_STATUS_OK(s) ((int)(s) >= 0 && (int)(s) <= (int)ST_ERR_FILE_CHANGED)
+#define FZ_KNOWN_STATUS(s) ((int)(s) >= 0 && (int)(s) <= (int)ST_ERR_FILE_CHANGED)
 
 typedef struct fz_rng {
   uint64_t s;

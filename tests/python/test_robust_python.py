@@ -6,7 +6,7 @@ hypothesis fuzz of the same entry points, the structure record parser included.
 Everything that touches a hostile file runs in a child process (``_robust_child.py``), so a
 crash is a test failure that names the file instead of killing pytest.
 
-    ST_ROBUST_FUZZ_SECONDS   time budget of the hypothesis fuzz (default 45)
+    ST_ROBUST_FUZZ_SECONDS   time budget of the hypothesis fuzz (default 40)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ pytest.importorskip("hypothesis")
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "_robust_child.py"
 CORPUS = HERE.parent / "fuzz" / "corpus" / "open"
-FUZZ_SECONDS = float(os.environ.get("ST_ROBUST_FUZZ_SECONDS", "45"))
+FUZZ_SECONDS = float(os.environ.get("ST_ROBUST_FUZZ_SECONDS", "40"))
 
 
 def _run_child(args, timeout):
