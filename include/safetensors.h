@@ -294,7 +294,8 @@ ST_API st_status st_tensor_get(const st_file *file, size_t index,
 ST_API st_status st_tensor_name_order(const st_file *file, size_t k,
                                       size_t *index);
 
-/** Finds a tensor by exact name (len bytes) in O(1) expected time.
+/** Finds a tensor by exact name (len bytes): a binary search over the name
+ *  order, O(log n) whatever the names (no hash to flood).
  *  Statuses: ST_ERR_NOT_FOUND, ST_ERR_INVALID_ARGUMENT. */
 ST_API st_status st_tensor_find(const st_file *file, const char *name,
                                 size_t len, size_t *index);
