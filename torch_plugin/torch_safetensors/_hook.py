@@ -566,6 +566,18 @@ def _sniff(f) -> bool:
         seek(pos)
 
 
+def _recorded_device(v):
+    """The torch.device a structure record names; a bad one is a format error."""
+    import torch
+
+    if not isinstance(v, str):
+        raise _format_error(f"structure record: bad device {v!r}")
+    try:
+        return torch.device(v)
+    except (RuntimeError, ValueError):
+        raise _format_error(f"structure record: bad device {v!r}") from None
+
+
 def _device_for(location: str, map_location):
     import torch
 
@@ -672,7 +684,7 @@ class _Rebuilder:
                 raise _format_error(f"structure record: unknown dtype {n.get('v')!r}")
             return v
         if t == "device":
-            return torch.device(str(n.get("v")))
+            return _recorded_device(n.get("v"))
         if t == "tensor":
             return self.tensor(n)
         raise _format_error(f"structure record: unknown node type {t!r}")
@@ -688,8 +700,7 @@ class _Rebuilder:
             raise _format_error(
                 f"structure record names tensor {name!r}, which is not in the file")
         location = n.get("device", "cpu")
-        if not isinstance(location, str):
-            raise _format_error("structure record: bad device")
+        _recorded_device(location)  # a device string torch cannot parse is a bad file
         if name in self.placed:
             out = _alias(self.placed[name])
         else:
