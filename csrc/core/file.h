@@ -69,4 +69,23 @@ void st__header_free(st_file *f);
 st_status st__read_data(const st_file *f, uint64_t offset, void *dst,
                         size_t len, st_error *err);
 
+/* One row of a slice: nruns runs of run_bytes each, run_stride apart,
+ * starting at offset of the data section. Rows come in row-major order. */
+typedef struct st__slice_row {
+  uint64_t offset;
+  uint64_t nruns;
+  uint64_t run_bytes;
+  uint64_t run_stride;
+} st__slice_row;
+
+typedef st_status (*st__slice_row_fn)(void *ctx, const st__slice_row *row,
+                                      st_error *err);
+
+/* Walks the rows of a slice (the semantics of st_tensor_read_slice), calling
+ * fn for each; stops at the first status fn returns that is not ST_OK. An
+ * empty slice calls fn never. */
+st_status st__slice_walk(const st_file *f, size_t index, const st_range *ranges,
+                         size_t nranges, st__slice_row_fn fn, void *ctx,
+                         st_error *err);
+
 #endif /* ST_CORE_FILE_H */

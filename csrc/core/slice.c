@@ -116,27 +116,18 @@ static st_status slice_fail(st_error *err, st_status st, const st__tensor *t) {
                   t != NULL ? t->name_len : 0, 0);
 }
 
-st_status st_tensor_read_slice(const st_file *f, size_t index, const st_range *ranges,
-                               size_t nranges, void *dst, size_t dst_size, st_error *err) {
+st_status st__slice_walk(const st_file *f, size_t index, const st_range *ranges, size_t nranges,
+                         st__slice_row_fn fn, void *ctx, st_error *err) {
   plan p;
   st_status st = make_plan(f, index, ranges, nranges, NULL, &p);
   if (st != ST_OK)
     return slice_fail(err, st, (f != NULL && index < f->ntensors) ? &f->tensors[index] : NULL);
   const st__tensor *t = p.t;
-  if (dst_size < p.nbytes)
-    return st__fail(err, ST_ERR_BUFFER_TOO_SMALL, "destination buffer too small", ST_NO_OFFSET,
-                    t->name, t->name_len, 0);
-  if (p.nbytes == 0) {
-    st__ok(err);
-    return ST_OK;
-  }
-  if (dst == NULL) return slice_fail(err, ST_ERR_INVALID_ARGUMENT, t);
+  if (p.nbytes == 0) return ST_OK;
   const uint64_t bits = st__dtype_bits(t->dtype);
-  unsigned char *out = dst;
   if (p.k == 0) {
-    st = st__read_data(f, t->begin, out, (size_t)p.nbytes, err);
-    if (st == ST_OK) st__ok(err);
-    return st;
+    st__slice_row whole = {t->begin, 1, p.nbytes, p.nbytes};
+    return fn(ctx, &whole, err);
   }
   const size_t kd = p.k - 1; /* the row dimension; 0..kd-1 are walked */
   uint64_t local[2 * LOCAL_RANK];
@@ -154,57 +145,85 @@ st_status st_tensor_read_slice(const st_file *f, size_t index, const st_range *r
     s *= t->shape[d];
   }
   dimres rk = resolve(t, ranges, nranges, kd);
-  const uint64_t nruns = rk.step == 1 ? 1 : rk.count;
-  const uint64_t run_bytes = (rk.step == 1 ? rk.count : 1) * p.inner * bits / 8;
-  const uint64_t run_stride = rk.step * p.inner * bits / 8;
-  const uint64_t span = (nruns - 1) * run_stride + run_bytes;
-  const bool gather = f->base == NULL && nruns > 1 && run_bytes < GATHER_RUN_MAX &&
-                      span <= GATHER_SPAN_MAX;
-  unsigned char *scratch = NULL;
-  if (gather) {
-    scratch = st__malloc(f->alloc, (size_t)span);
-    if (scratch == NULL) {
-      st = st__fail(err, ST_ERR_NOMEM, "cannot allocate the gather buffer", ST_NO_OFFSET, NULL, 0, 0);
-      goto done;
-    }
-  }
+  st__slice_row row;
+  row.nruns = rk.step == 1 ? 1 : rk.count;
+  row.run_bytes = (rk.step == 1 ? rk.count : 1) * p.inner * bits / 8;
+  row.run_stride = rk.step * p.inner * bits / 8;
   for (;;) {
     uint64_t elem = rk.start * p.inner;
     for (size_t d = 0; d < kd; d++) {
       dimres r = resolve(t, ranges, nranges, d);
       elem += (r.start + idx[d] * r.step) * stride[d];
     }
-    uint64_t row = t->begin + elem * bits / 8;
-    if (nruns == 1) {
-      st = st__read_data(f, row, out, (size_t)run_bytes, err);
-      out += run_bytes;
-    } else if (gather) {
-      st = st__read_data(f, row, scratch, (size_t)span, err);
-      for (uint64_t r = 0; st == ST_OK && r < nruns; r++) {
-        memcpy(out, scratch + r * run_stride, (size_t)run_bytes);
-        out += run_bytes;
-      }
-    } else {
-      for (uint64_t r = 0; st == ST_OK && r < nruns; r++) {
-        st = st__read_data(f, row + r * run_stride, out, (size_t)run_bytes, err);
-        out += run_bytes;
-      }
-    }
-    if (st != ST_OK) goto done;
+    row.offset = t->begin + elem * bits / 8;
+    st = fn(ctx, &row, err);
+    if (st != ST_OK) break;
     /* Next row: the odometer over dims 0..kd-1. */
     size_t d = kd;
+    bool more = false;
     while (d > 0) {
       d--;
-      if (++idx[d] < resolve(t, ranges, nranges, d).count) break;
+      if (++idx[d] < resolve(t, ranges, nranges, d).count) {
+        more = true;
+        break;
+      }
       idx[d] = 0;
-      if (d == 0) goto finished;
     }
-    if (kd == 0) break;
+    if (!more) break;
   }
-finished:
-  st__ok(err);
-done:
-  st__free(f->alloc, scratch);
   if (idx != local) st__free(f->alloc, idx);
+  return st;
+}
+
+typedef struct read_ctx {
+  const st_file *f;
+  unsigned char *out;
+  unsigned char *scratch; /* pread backend: one strided row's covering span */
+} read_ctx;
+
+static st_status read_row(void *vctx, const st__slice_row *row, st_error *err) {
+  read_ctx *c = vctx;
+  st_status st = ST_OK;
+  if (row->nruns == 1) {
+    st = st__read_data(c->f, row->offset, c->out, (size_t)row->run_bytes, err);
+    c->out += row->run_bytes;
+    return st;
+  }
+  const uint64_t span = (row->nruns - 1) * row->run_stride + row->run_bytes;
+  if (c->f->base == NULL && row->run_bytes < GATHER_RUN_MAX && span <= GATHER_SPAN_MAX) {
+    if (c->scratch == NULL) {
+      c->scratch = st__malloc(c->f->alloc, (size_t)span);
+      if (c->scratch == NULL)
+        return st__fail(err, ST_ERR_NOMEM, "cannot allocate the gather buffer", ST_NO_OFFSET, NULL, 0, 0);
+    }
+    st = st__read_data(c->f, row->offset, c->scratch, (size_t)span, err);
+    for (uint64_t r = 0; st == ST_OK && r < row->nruns; r++) {
+      memcpy(c->out, c->scratch + r * row->run_stride, (size_t)row->run_bytes);
+      c->out += row->run_bytes;
+    }
+    return st;
+  }
+  for (uint64_t r = 0; st == ST_OK && r < row->nruns; r++) {
+    st = st__read_data(c->f, row->offset + r * row->run_stride, c->out, (size_t)row->run_bytes, err);
+    c->out += row->run_bytes;
+  }
+  return st;
+}
+
+st_status st_tensor_read_slice(const st_file *f, size_t index, const st_range *ranges,
+                               size_t nranges, void *dst, size_t dst_size, st_error *err) {
+  uint64_t nbytes = 0;
+  st_status st = st_slice_shape(f, index, ranges, nranges, NULL, &nbytes);
+  if (st != ST_OK)
+    return slice_fail(err, st, (f != NULL && index < f->ntensors) ? &f->tensors[index] : NULL);
+  const st__tensor *t = &f->tensors[index];
+  if (dst_size < nbytes)
+    return st__fail(err, ST_ERR_BUFFER_TOO_SMALL, "destination buffer too small", ST_NO_OFFSET,
+                    t->name, t->name_len, 0);
+  if (nbytes > 0 && dst == NULL) return slice_fail(err, ST_ERR_INVALID_ARGUMENT, t);
+  read_ctx c = {f, dst, NULL};
+  st = st__slice_walk(f, index, ranges, nranges, read_row, &c, err);
+  st__free(f->alloc, c.scratch);
+  if (st == ST_OK) st__ok(err);
   return st;
 }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "core/checked.h"
+#include "core/file.h"
 #include "core/internal.h"
 
 #define ENGINE_DEFAULT_CHUNK (8u << 20)
@@ -112,13 +113,19 @@ st_status st_plan_add_tensor(st_plan *plan, size_t index, void *dst, size_t dst_
   return st_plan_add_range(plan, ti.data_begin, len, dst, err);
 }
 
-/* Python's slice.indices() for one dimension with step >= 1. */
-static uint64_t clamp_index(int64_t v, uint64_t dim) {
-  if (v < 0) {
-    uint64_t back = (uint64_t)(-(v + 1)) + 1; /* |v| without overflow */
-    return back >= dim ? 0 : dim - back;
+typedef struct slice_push {
+  st_plan *plan;
+  unsigned char *out;
+} slice_push;
+
+static st_status push_row(void *vctx, const st__slice_row *row, st_error *err) {
+  slice_push *c = vctx;
+  for (uint64_t r = 0; r < row->nruns; r++) {
+    st_status s = plan_push(c->plan, row->offset + r * row->run_stride, row->run_bytes, c->out, err);
+    if (s != ST_OK) return s;
+    c->out += row->run_bytes;
   }
-  return (uint64_t)v > dim ? dim : (uint64_t)v;
+  return ST_OK;
 }
 
 st_status st_plan_add_slice(st_plan *plan, size_t index, const st_range *ranges, size_t nranges,
@@ -134,85 +141,19 @@ st_status st_plan_add_slice(st_plan *plan, size_t index, const st_range *ranges,
   if (dst_size < nbytes)
     return st__fail(err, ST_ERR_BUFFER_TOO_SMALL, "destination smaller than the slice", ST_NO_OFFSET,
                     ti.name, ti.name_len, 0);
-  if (nbytes == 0) {
-    st__ok(err);
-    return ST_OK;
-  }
-  uint32_t rank = ti.rank;
-  uint64_t start[ST_DEFAULT_MAX_RANK], count[ST_DEFAULT_MAX_RANK], step[ST_DEFAULT_MAX_RANK];
-  if (rank > ST_DEFAULT_MAX_RANK)
-    return st__fail(err, ST_ERR_UNSUPPORTED, "rank too large for a slice plan", ST_NO_OFFSET, ti.name,
-                    ti.name_len, 0);
-  for (uint32_t d = 0; d < rank; d++) {
-    uint64_t dim = ti.shape[d];
-    if (d < nranges) {
-      uint64_t b = clamp_index(ranges[d].start, dim);
-      uint64_t e = clamp_index(ranges[d].stop, dim);
-      uint64_t st = (uint64_t)ranges[d].step;
-      start[d] = b;
-      step[d] = st;
-      count[d] = e > b ? (e - b - 1) / st + 1 : 0;
-    } else {
-      start[d] = 0;
-      step[d] = 1;
-      count[d] = dim;
-    }
-  }
-  /* Innermost contiguous run: trailing whole dims, plus one more with step 1. */
-  uint64_t run = 1;
-  int inner = (int)rank - 1;
-  while (inner >= 0 && start[inner] == 0 && step[inner] == 1 && count[inner] == ti.shape[inner]) {
-    run *= ti.shape[inner];
-    inner--;
-  }
-  int outer = inner;
-  uint64_t run_elems = run;
-  if (inner >= 0 && step[inner] == 1) {
-    run_elems = run * count[inner];
-    outer = inner - 1;
-  }
-  /* Strides of every dim in elements. */
-  uint64_t stride[ST_DEFAULT_MAX_RANK];
-  uint64_t acc = 1;
-  for (int d = (int)rank - 1; d >= 0; d--) {
-    stride[d] = acc;
-    acc *= ti.shape[d];
-  }
-  unsigned bits = st_dtype_bits(ti.dtype);
-  if ((run_elems * bits) % 8 != 0)
-    return st__fail(err, ST_ERR_UNSUPPORTED, "slice of a sub-byte dtype that splits a byte",
-                    ST_NO_OFFSET, ti.name, ti.name_len, 0);
-  uint64_t run_bytes = run_elems * bits / 8;
-  /* Odometer over dims [0, outer]; the innermost non-run dim may be strided. */
-  uint64_t idx[ST_DEFAULT_MAX_RANK];
-  for (int d = 0; d <= outer; d++) idx[d] = 0;
-  unsigned char *out = dst;
+  if (nbytes > 0 && dst == NULL)
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "dst is NULL", ST_NO_OFFSET, NULL, 0, 0);
+  /* A failure leaves the plan as it was. */
   size_t before = plan->count;
   uint64_t before_bytes = plan->bytes;
-  for (;;) {
-    uint64_t elem = 0;
-    for (int d = 0; d <= outer; d++) elem += (start[d] + idx[d] * step[d]) * stride[d];
-    if (outer < inner) elem += start[inner] * stride[inner]; /* run starts mid-dim */
-    if ((elem * bits) % 8 != 0) {
-      plan->count = before;
-      plan->bytes = before_bytes;
-      return st__fail(err, ST_ERR_UNSUPPORTED, "slice of a sub-byte dtype that splits a byte",
-                      ST_NO_OFFSET, ti.name, ti.name_len, 0);
-    }
-    s = plan_push(plan, ti.data_begin + elem * bits / 8, run_bytes, out, err);
-    if (s != ST_OK) {
-      plan->count = before;
-      plan->bytes = before_bytes;
-      return s;
-    }
-    out += run_bytes;
-    int d = outer;
-    while (d >= 0) {
-      if (++idx[d] < count[d]) break;
-      idx[d] = 0;
-      d--;
-    }
-    if (d < 0) break;
+  uint64_t before_last = before > 0 ? plan->entries[before - 1].len : 0;
+  slice_push c = {plan, dst};
+  s = st__slice_walk(plan->file, index, ranges, nranges, push_row, &c, err);
+  if (s != ST_OK) {
+    plan->count = before;
+    plan->bytes = before_bytes;
+    if (before > 0) plan->entries[before - 1].len = before_last; /* undo a merge */
+    return s;
   }
   st__ok(err);
   return ST_OK;
