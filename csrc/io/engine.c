@@ -205,8 +205,13 @@ static void record_failure(engine_run *r, st_status s, const st_error *e) {
  * faults pages instead. Only whole pages inside [p, p + len) are touched, so
  * memory around a caller's buffer is never prefaulted. */
 static void prefault(const unsigned char *p, uint64_t len, int advice) {
-  static long page;
-  if (page == 0) page = sysconf(_SC_PAGESIZE);
+  /* Every worker may get here first: the cached page size is atomic. */
+  static _Atomic long cached_page;
+  long page = atomic_load_explicit(&cached_page, memory_order_relaxed);
+  if (page == 0) {
+    page = sysconf(_SC_PAGESIZE);
+    atomic_store_explicit(&cached_page, page, memory_order_relaxed);
+  }
   uintptr_t mask = (uintptr_t)page - 1;
   uintptr_t b = ((uintptr_t)p + mask) & ~mask;
   uintptr_t e = ((uintptr_t)p + (uintptr_t)len) & ~mask;

@@ -1,5 +1,8 @@
 """Regenerates the seed corpora of the fuzz targets (tests/fuzz/corpus/<target>/seed-*).
 
+Files named cov-* come from the long campaigns (`make fuzz`), minimized with libFuzzer -merge=1
+against the seeds; this script leaves them alone.
+
 Seeds for `open` and `read` are real files written by the reference package (safetensors 0.8.0,
 the interop partner) for every dtype, scalars, zero-size tensors, metadata, Unicode and escaped
 names, plus hand-built edge cases of shared/ROBUSTNESS.md (framing, JSON syntax, offsets). Seeds
