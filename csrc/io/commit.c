@@ -3,7 +3,12 @@
  * SIGXFSZ: a write past RLIMIT_FSIZE raises SIGXFSZ, whose default action
  * kills the process. The library never changes signal dispositions; a caller
  * that wants ST_ERR_IO (sys_errno EFBIG) instead should ignore SIGXFSZ. */
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -41,12 +46,29 @@ static int libc_fallocate(int fd, off_t off, off_t len) {
 #endif
 }
 
+/* linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link of
+ * the descriptor works for everyone where /proc is mounted. */
+static int libc_link_fd(int fd, const char *path) {
+#if defined(__linux__)
+  if (linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH) == 0) return 0;
+  if (errno != ENOENT && errno != EPERM && errno != EINVAL) return -1;
+  char proc[64];
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  return linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW);
+#else
+  (void)fd;
+  (void)path;
+  errno = ENOTSUP;
+  return -1;
+#endif
+}
+
 static const st__io_hooks libc_hooks = {
-    libc_open, pwrite, write, fsync, close, rename, unlink, libc_fallocate,
+    libc_open, pwrite, write, fsync, close, rename, unlink, libc_fallocate, libc_link_fd,
 };
 
 static st__io_hooks hooks = {
-    libc_open, pwrite, write, fsync, close, rename, unlink, libc_fallocate,
+    libc_open, pwrite, write, fsync, close, rename, unlink, libc_fallocate, libc_link_fd,
 };
 
 void st__io_set_hooks(const st__io_hooks *h) {
@@ -63,6 +85,7 @@ void st__io_set_hooks(const st__io_hooks *h) {
   hooks.unlink_fn = h->unlink_fn != NULL ? h->unlink_fn : libc_hooks.unlink_fn;
   hooks.fallocate_fn =
       h->fallocate_fn != NULL ? h->fallocate_fn : libc_hooks.fallocate_fn;
+  hooks.link_fd_fn = h->link_fd_fn != NULL ? h->link_fd_fn : libc_hooks.link_fd_fn;
 }
 
 /* Largest value an off_t holds, whatever its width. */
@@ -184,6 +207,50 @@ static int fsync_dir(const char *dir) {
   return e;
 }
 
+/* Writes the decorated temp name for base into tmp (capacity cap):
+ * dir + "." + base + "." + pid + "." + 16 hex + ".tmp". */
+static void temp_name(char *tmp, size_t cap, const char *path, size_t dir_len,
+                      const char *base, size_t keep) {
+  memcpy(tmp, path, dir_len);
+  tmp[dir_len] = '.';
+  memcpy(tmp + dir_len + 1, base, keep);
+  snprintf(tmp + dir_len + 1 + keep, cap - dir_len - 1 - keep, ".%ld.%016llx.tmp",
+           (long)getpid(), (unsigned long long)st__random_u64());
+}
+
+/* Removes temp files of this target that a writer killed before its rename
+ * left behind: ".<base>.<pid>.<16 hex>.tmp" whose pid no longer runs (our
+ * own pid is skipped: another thread may be saving). Best effort. */
+static void sweep_stale(const char *dir, const char *base, size_t keep) {
+  DIR *d = opendir(dir);
+  if (d == NULL) return;
+  size_t dlen = strlen(dir);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    const char *n = e->d_name;
+    size_t len = strlen(n);
+    if (len < keep + 1 + 1 + 1 + 16 + 4 || n[0] != '.' || memcmp(n + 1, base, keep) != 0 ||
+        n[keep + 1] != '.' || strcmp(n + len - 4, ".tmp") != 0)
+      continue;
+    char *end = NULL;
+    long pid = strtol(n + keep + 2, &end, 10);
+    if (end == NULL || *end != '.' || pid <= 0 || (size_t)(end - n) + 1 + 16 + 4 != len) continue;
+    bool hex = true;
+    for (size_t i = 0; i < 16; i++) {
+      char c = end[1 + i];
+      if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) hex = false;
+    }
+    if (!hex || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+    char full[PATH_MAX];
+    if (dlen + 1 + len + 1 > sizeof full) continue;
+    memcpy(full, dir, dlen);
+    full[dlen] = '/';
+    memcpy(full + dlen + 1, n, len + 1);
+    hooks.unlink_fn(full);
+  }
+  closedir(d);
+}
+
 st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
                           const st_allocator *alloc, st__emit_fn emit,
                           void *ctx, st_error *err) {
@@ -201,7 +268,6 @@ st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
                     ST_NO_OFFSET, path, plen, EFBIG);
   }
 
-  /* dir + "." + base + "." + pid + "." + 16 hex + ".tmp" + NUL */
   size_t keep = base_len < ST_TMP_BASE_MAX ? base_len : ST_TMP_BASE_MAX;
   size_t cap = dir_len + keep + 64;
   /* The directory to fsync: "." for a bare name, "/" for the root. */
@@ -219,18 +285,29 @@ st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
     memcpy(dir, path, dir_len - 1);
     dir[dir_len - 1] = '\0';
   }
+  sweep_stale(dir, base, keep);
 
-  int fd = -1;
-  for (int attempt = 0;; attempt++) {
-    memcpy(tmp, path, dir_len);
-    tmp[dir_len] = '.';
-    memcpy(tmp + dir_len + 1, base, keep);
-    snprintf(tmp + dir_len + 1 + keep, cap - dir_len - 1 - keep,
-             ".%ld.%016llx.tmp", (long)getpid(),
-             (unsigned long long)st__random_u64());
-    /* 0666: the umask applies, as for any newly created file. */
+  /* The data goes into an anonymous file, so a writer killed while writing
+   * leaves nothing behind; it gets a name only just before the rename. */
+  bool named = false;
+  int fd;
+  do {
+    fd = hooks.open_fn(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0666);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0 && errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
+    st_status s = io_fail(err, "cannot create the temporary file", path, errno);
+    st__free(alloc, tmp);
+    return s;
+  }
+  for (int attempt = 0; fd < 0; attempt++) {
+    /* No O_TMPFILE here: a named temp file. 0666: the umask applies, as for
+     * any newly created file. */
+    temp_name(tmp, cap, path, dir_len, base, keep);
     fd = hooks.open_fn(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0666);
-    if (fd >= 0) break;
+    if (fd >= 0) {
+      named = true;
+      break;
+    }
     if (errno == EINTR) continue;
     if (errno != EEXIST || attempt + 1 >= ST_TMP_ATTEMPTS) {
       st_status s = io_fail(err, "cannot create the temporary file", path, errno);
@@ -254,6 +331,18 @@ st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
     while (hooks.fsync_fn(fd) != 0) {
       if (errno == EINTR) continue;
       s = io_fail(err, "fsync of the temporary file failed", path, errno);
+      goto fail;
+    }
+  }
+  for (int attempt = 0; !named; attempt++) {
+    temp_name(tmp, cap, path, dir_len, base, keep);
+    if (hooks.link_fd_fn(fd, tmp) == 0) {
+      named = true;
+      break;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EEXIST || attempt + 1 >= ST_TMP_ATTEMPTS) {
+      s = io_fail(err, "cannot name the temporary file", path, errno);
       goto fail;
     }
   }
@@ -286,7 +375,7 @@ st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
 
 fail:
   if (fd >= 0) hooks.close_fn(fd);
-  hooks.unlink_fn(tmp);
+  if (named) hooks.unlink_fn(tmp);
   st__free(alloc, tmp);
   return s;
 }

@@ -27,6 +27,9 @@ typedef struct st__io_hooks {
   int (*rename_fn)(const char *from, const char *to);
   int (*unlink_fn)(const char *path);
   int (*fallocate_fn)(int fd, off_t off, off_t len);
+  /* Gives the anonymous (O_TMPFILE) file open as fd the name path; libc
+   * convention. */
+  int (*link_fd_fn)(int fd, const char *path);
 } st__io_hooks;
 
 /* TEST-ONLY: replaces the system calls of the save path for the whole
@@ -62,9 +65,11 @@ typedef st_status (*st__emit_fn)(void *ctx, st__put_fn put,
                                  st__put_at_fn put_at, void *sink,
                                  st_error *err);
 
-/* Writes size bytes produced by emit durably to path: a temp file in the same
- * directory, fsync (unless ST_WRITE_NO_FSYNC), close, rename, directory
- * fsync. On failure the temp file is removed and path is untouched (except
+/* Writes size bytes produced by emit durably to path: an anonymous file in
+ * the target's directory (O_TMPFILE; a named temp file where the filesystem
+ * lacks it), fsync (unless ST_WRITE_NO_FSYNC), a temp name linked in, close,
+ * rename over path, directory fsync. Temp files that a killed writer left
+ * (their pid no longer runs) are swept first. On failure the temp file is removed and path is untouched (except
  * when only the final directory fsync fails: the new file is then in place
  * but its durability is unknown, and ST_ERR_IO is still returned). */
 st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,

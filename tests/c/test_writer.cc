@@ -876,7 +876,7 @@ TEST(WriterDurable, RelativePath) {
 }
 
 // Fault injection through the internal hook table.
-enum Op { OP_OPEN, OP_PWRITE, OP_WRITE, OP_FSYNC, OP_CLOSE, OP_RENAME, OP_UNLINK, OP_FALLOCATE, OP_COUNT };
+enum Op { OP_OPEN, OP_PWRITE, OP_WRITE, OP_FSYNC, OP_CLOSE, OP_RENAME, OP_UNLINK, OP_FALLOCATE, OP_LINK, OP_COUNT };
 
 struct FaultState {
   int calls[OP_COUNT];
@@ -936,7 +936,19 @@ int h_fallocate(int fd, off_t o, off_t l) {
   return posix_fallocate(fd, o, l);
 }
 
-const st__io_hooks kHooks = {h_open, h_pwrite, h_write, h_fsync, h_close, h_rename, h_unlink, h_fallocate};
+// Names an O_TMPFILE file the unprivileged way (what the library falls back to).
+int link_fd(int fd, const char *path) {
+  char proc[64];
+  std::snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  return linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW);
+}
+int h_link(int fd, const char *path) {
+  if (should_fail(OP_LINK)) { errno = g_fault.err; return -1; }
+  return link_fd(fd, path);
+}
+
+const st__io_hooks kHooks = {h_open,  h_pwrite,  h_write,     h_fsync, h_close,
+                             h_rename, h_unlink, h_fallocate, h_link};
 
 class WriterFaults : public ::testing::Test {
  protected:
@@ -984,6 +996,8 @@ TEST_F(WriterFaults, EveryHookedCallFailing) {
       {"close EIO", OP_CLOSE, 1, EIO},
       {"rename EIO", OP_RENAME, 1, EIO},
       {"rename EXDEV", OP_RENAME, 1, EXDEV},
+      {"link EIO", OP_LINK, 1, EIO},
+      {"link ENOSPC", OP_LINK, 1, ENOSPC},
   };
   for (const Row &r : rows) {
     Built b = build({{"a", ST_F32, {16}}, {"b", ST_I64, {8}}, {"c", ST_U8, {3}}}, {{"k", "v"}});
@@ -1044,7 +1058,7 @@ ssize_t h_pwrite_par(int fd, const void *b, size_t n, off_t o) {
   }
   return pwrite(fd, b, n, o);
 }
-const st__io_hooks kParHooks = {nullptr, h_pwrite_par, nullptr, nullptr,
+const st__io_hooks kParHooks = {nullptr, h_pwrite_par, nullptr, nullptr, nullptr,
                                 nullptr, nullptr,      nullptr, nullptr};
 
 TEST_F(WriterFaults, ParallelWritesOfLargeDataAreExactAndFailCleanly) {
@@ -1089,6 +1103,58 @@ TEST_F(WriterFaults, ParallelWritesOfLargeDataAreExactAndFailCleanly) {
   EXPECT_EQ(st_writer_write_path(w, path.c_str(), 0, &err), ST_ERR_CALLBACK);
   EXPECT_STREQ(err.name, "lazy");
   expect_old_intact("parallel producer");
+}
+
+// Without O_TMPFILE (some filesystems) the writer falls back to a named
+// temp file, with the same guarantees.
+int h_open_no_tmpfile(const char *p, int f, mode_t m) {
+  if ((f & O_TMPFILE) == O_TMPFILE) {
+    errno = EOPNOTSUPP;
+    return -1;
+  }
+  return h_open(p, f, m);
+}
+
+TEST_F(WriterFaults, NamedTempFileWhereNoTmpfile) {
+  st__io_hooks h = kHooks;
+  h.open_fn = h_open_no_tmpfile;
+  st__io_set_hooks(&h);
+  Built b = build({{"a", ST_F32, {16}}, {"b", ST_I64, {8}}});
+  ASSERT_EQ(st_writer_write_path(b.w.get(), path.c_str(), 0, nullptr), ST_OK);
+  EXPECT_EQ(sttest::read_bytes(path), to_memory(b.w.get()));
+  EXPECT_EQ(g_fault.calls[OP_LINK], 0);  // the named file needs no link
+  EXPECT_EQ(list_dir(dir), std::vector<std::string>{"target.safetensors"});
+  ASSERT_TRUE(sttest::write_bytes(path, old));
+  arm(OP_PWRITE, 2, ENOSPC);
+  EXPECT_EQ(st_writer_write_path(b.w.get(), path.c_str(), 0, nullptr), ST_ERR_IO);
+  expect_old_intact("named temp, pwrite ENOSPC");
+}
+
+// Temp files of writers that died (their pid no longer runs) are removed by
+// the next save of the same target; anything else is left alone.
+TEST_F(WriterFaults, StaleTempFilesOfDeadWritersAreSwept) {
+  pid_t dead = 0;
+  for (pid_t p = 4194000; p > 4000000; p--) {
+    if (kill(p, 0) != 0 && errno == ESRCH) {
+      dead = p;
+      break;
+    }
+  }
+  ASSERT_NE(dead, 0);
+  const std::string stale = ".target.safetensors." + std::to_string(dead) + ".0123456789abcdef.tmp";
+  const std::string mine =
+      ".target.safetensors." + std::to_string(getpid()) + ".0123456789abcdef.tmp";
+  const std::string other = ".target.safetensors.notes";
+  const std::string other_target = ".other.safetensors." + std::to_string(dead) + ".0123456789abcdef.tmp";
+  for (const std::string &n : {stale, mine, other, other_target})
+    ASSERT_TRUE(sttest::write_bytes(dir + "/" + n, "x"));
+  Built b = build({{"a", ST_F32, {4}}});
+  ASSERT_EQ(st_writer_write_path(b.w.get(), path.c_str(), 0, nullptr), ST_OK);
+  std::vector<std::string> want = {mine, other_target, other, "target.safetensors"};
+  std::sort(want.begin(), want.end());
+  std::vector<std::string> got = list_dir(dir);
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, want);
 }
 
 TEST_F(WriterFaults, ShortWritesAndEintrSucceed) {
@@ -1139,18 +1205,33 @@ TEST_F(WriterFaults, FallocateUnsupportedIsIgnored) {
 }
 
 TEST_F(WriterFaults, TempNameCollisionsAreRetried) {
+  // O_TMPFILE: the name is given by linkat, which may collide.
   Built b = build({{"a", ST_U8, {4}}});
-  arm(OP_OPEN, 1, EEXIST);  // only the first attempt collides
+  arm(OP_LINK, 1, EEXIST);  // only the first attempt collides
   ASSERT_EQ(st_writer_write_path(b.w.get(), path.c_str(), 0, nullptr), ST_OK);
-  EXPECT_GE(g_fault.calls[OP_OPEN], 2);
+  EXPECT_GE(g_fault.calls[OP_LINK], 2);
   EXPECT_EQ(sttest::read_bytes(path), to_memory(b.w.get()));
 
   ASSERT_TRUE(sttest::write_bytes(path, old));
-  arm(OP_OPEN, 1, EEXIST, /*every=*/1);
+  arm(OP_LINK, 1, EEXIST, /*every=*/1);
   st_error err;
   EXPECT_EQ(st_writer_write_path(b.w.get(), path.c_str(), 0, &err), ST_ERR_IO);
   EXPECT_EQ(err.sys_errno, EEXIST);
-  expect_old_intact("always EEXIST");
+  expect_old_intact("link always EEXIST");
+
+  // A named temp file (no O_TMPFILE): the O_EXCL open may collide.
+  st__io_hooks h = kHooks;
+  h.open_fn = h_open_no_tmpfile;
+  st__io_set_hooks(&h);
+  arm(OP_OPEN, 1, EEXIST);
+  ASSERT_EQ(st_writer_write_path(b.w.get(), path.c_str(), 0, nullptr), ST_OK);
+  EXPECT_GE(g_fault.calls[OP_OPEN], 2);
+  EXPECT_EQ(sttest::read_bytes(path), to_memory(b.w.get()));
+  ASSERT_TRUE(sttest::write_bytes(path, old));
+  arm(OP_OPEN, 1, EEXIST, /*every=*/1);
+  EXPECT_EQ(st_writer_write_path(b.w.get(), path.c_str(), 0, &err), ST_ERR_IO);
+  EXPECT_EQ(err.sys_errno, EEXIST);
+  expect_old_intact("open always EEXIST");
 }
 
 TEST_F(WriterFaults, DirectoryFsyncFailureIsReported) {
