@@ -509,9 +509,14 @@ ST_API st_status st_writer_size(st_writer *writer, uint64_t *size,
 #define ST_WRITE_NO_FSYNC 0x1u  /* skip fsync of file and directory (tests,
                                    scratch files); rename stays atomic */
 
-/** Writes the file durably: a temporary file in the same directory, every
- *  byte written, fsync, rename over path, fsync of the directory. On failure
- *  the old file at path is untouched and no temporary file remains.
+/** Writes the file durably: a temporary file in the same directory
+ *  (anonymous, O_TMPFILE, while the data is written; named just before the
+ *  rename), every byte written (large data by positioned writes on several
+ *  threads), fsync, rename over path, fsync of the directory. On failure the
+ *  old file at path is untouched and no temporary file remains; temp files
+ *  of writers killed mid-save are removed by the next save of the same path.
+ *  The caller should ignore SIGXFSZ so a file-size limit is ST_ERR_IO (EFBIG)
+ *  rather than a signal.
  *  Statuses: ST_ERR_IO, ST_ERR_CALLBACK, ST_ERR_NOMEM, those of
  *  st_writer_size. */
 ST_API st_status st_writer_write_path(st_writer *writer, const char *path,
