@@ -14,9 +14,10 @@ peak RSS growth is its own, every byte touched after loading):
           os.write with and without fsync; st_bench write, which fsyncs).
   subset  one of 8 pipeline stages (whole tensors of 1/8 of the layers) and one of 8
           tensor-parallel column shards (every tensor cut on its last dimension): the C engine
-          through ctypes (bytes counted by st_exec_stats.bytes_read), the Python plugin, the
-          reference.
-  small   ~10,000 small tensors (~100 MB): ours against the reference and the others.
+          through ctypes, pread and mmap backends (bytes counted by st_exec_stats.bytes_read),
+          the Python plugin, the reference.
+  small   ~10,000 small tensors (~100 MB): ours against the reference and the others, plus
+          proto-arena (not shipped: one allocation + one engine range, a prototype fix).
 
 Open + list (workload 5) is bench_open.py's section and the torch.save/torch.load round trip
 (workload 6) is bench_python.py's; `make bench` runs both after this script.
@@ -25,6 +26,8 @@ Usage:
   .venv/bin/python benchmarks/bench_cpu.py [--rounds N] [--workloads load,save,subset,small]
                                            [--workdir DIR] [--no-write]
   .venv/bin/python benchmarks/bench_cpu.py --quick      # smoke run: tiny sizes, writes nothing
+  .venv/bin/python benchmarks/bench_cpu.py --render build/bench-cpu.json   # re-render only
+The hand-written analysis of the misses lives in RESULTS.md's cpu-notes block (never rewritten).
 Environment: ST_LIBRARY (default build/libsafetensors.so), ST_BENCH (default
 build/benchmarks/st_bench).
 """
@@ -125,7 +128,6 @@ def n_layers(names: List[str]) -> int:
 
 def make_files(work: Path, quick: bool, workloads: List[str]) -> Dict[str, str]:
     import torch
-    from safetensors.torch import save_file
 
     files: Dict[str, str] = {}
     g = torch.Generator().manual_seed(0)
@@ -140,11 +142,11 @@ def make_files(work: Path, quick: bool, workloads: List[str]) -> Dict[str, str]:
         _write_all(sd, work, "small", files, tensorizer=False)
         del sd
     gc.collect()
-    save_file  # noqa: B018 - the reference writes every .safetensors file (ours writes the same)
     return files
 
 
 def _write_all(sd, work: Path, stem: str, files: Dict[str, str], tensorizer: bool = True):
+    """The reference writes every .safetensors file (ours writes the same bytes)."""
     import torch
     from safetensors.torch import save_file
 
@@ -497,14 +499,16 @@ def engine_subset(path: str, which: str, stage: int, backend: str = "pread") -> 
         requested = lib.st_plan_bytes(plan)
         opts, stats = lib.ExecOptions(), lib.ExecStats()
         lib.st_exec_options_init(ctypes.byref(opts))
+        t0 = time.perf_counter()
         stcore._check(lib.st_plan_execute(plan, ctypes.byref(opts), ctypes.byref(stats),
                                           ctypes.byref(err)), err)
+        t_exec = time.perf_counter() - t0
     finally:
         lib.st_plan_free(plan)
         f.close()
     return {"tensors": out, "requested": int(requested), "read": int(stats.bytes_read),
-            "chunks": int(stats.chunks), "file_data": sum(i.data_end - i.data_begin
-                                                          for i in infos)}
+            "chunks": int(stats.chunks), "execute": t_exec,
+            "file_data": sum(i.data_end - i.data_begin for i in infos)}
 
 
 def subset_run(contender: str, path: str, stage: int) -> dict:
@@ -578,6 +582,7 @@ def child_subset(job: dict) -> dict:
     peak = C.status_bytes("VmHWM") - rss0
     return {"load": t1 - t0, "touch": t2 - t1, "total": t2 - t0, "peak": peak,
             "requested": r["requested"], "read": r["read"], "file_data": r.get("file_data"),
+            "execute": r.get("execute"), "chunks": r.get("chunks"),
             "tensors": len(r["tensors"]), "check": check}
 
 
@@ -734,6 +739,18 @@ def load_table(res: Dict[str, List[dict]], ours: str) -> List[str]:
     return L
 
 
+def phases(res: Dict[str, List[dict]]) -> List[str]:
+    ph = [(c, res[c]) for c in ("ours-pread", "ours-copy") if c in res
+          and not C.error_of(res[c]) and C.med(res[c], "engine") is not None]
+    if not ph:
+        return []
+    return ["Phase breakdown of our owned loads (median s, timed around the plugin's own "
+            "steps): " + "; ".join(
+                f"{c}: open + header + dict {C.fmt_s(C.med(r, 'other'))}, torch.empty "
+                f"{C.fmt_s(C.med(r, 'alloc'))}, engine {C.fmt_s(C.med(r, 'engine'))}"
+                for c, r in ph) + ".", ""]
+
+
 def verdict(ok: Optional[bool]) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
@@ -772,14 +789,7 @@ def render(info: dict, args, results: dict, targets: list) -> str:
                      f"{C.fmt_s(C.med(mc, 'touched'))} s "
                      f"({nb / C.med(mc, 'touched') / 1e9:.2f} GB/s).")
             L.append("")
-        ph = [(c, res[c]) for c in ("ours-pread", "ours-copy") if c in res
-              and not C.error_of(res[c]) and C.med(res[c], "engine") is not None]
-        if ph:
-            L.append("Phase breakdown of our owned loads (median s): "
-                     + "; ".join(f"{c}: open+header+dict {C.fmt_s(C.med(r, 'other'))}, "
-                                 f"torch.empty {C.fmt_s(C.med(r, 'alloc'))}, engine "
-                                 f"{C.fmt_s(C.med(r, 'engine'))}" for c, r in ph) + ".")
-            L.append("")
+        L += phases(res)
         L += [f"- **{c}**: {DESCRIBE[c]}" for c in res if c in DESCRIBE]
         L += _errors(res)
         L += ["", "![load](plots/cpu_load.png)", ""]
@@ -814,8 +824,9 @@ def render(info: dict, args, results: dict, targets: list) -> str:
         res = results["subset"]
         L += ["### 3. Subset loads: one of 8 pipeline stages, one of 8 tensor-parallel shards",
               "", "| contender | load+touch s [min-max] | / full load (same backend) | "
-              "bytes requested | bytes read (engine) | read / file | peak MiB |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "engine execute s | work items | bytes requested | bytes read (engine) | "
+              "read / file | peak MiB |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         fdata = C.med(res.get("engine-full", []), "file_data")
         for c, runs in res.items():
             if C.error_of(runs) or not runs:
@@ -825,8 +836,10 @@ def render(info: dict, args, results: dict, targets: list) -> str:
             rd = C.med(runs, "read")
             rq = C.med(runs, "requested")
             frac = f"{(rd if rd is not None else rq) / fdata:.4f}" if fdata else "-"
+            ch = C.med(runs, "chunks")
             L.append(f"| {c} | {C.fmt_s(tot)} [{C.spread(runs, 'total')}] | "
-                     f"{(tot / full) if full else 0:.3f} | {rq:,.0f} | "
+                     f"{(tot / full) if full else 0:.3f} | {C.fmt_s(C.med(runs, 'execute'))} | "
+                     f"{'-' if ch is None else f'{ch:,.0f}'} | {rq:,.0f} | "
                      f"{'-' if rd is None else f'{rd:,.0f}'} | {frac} | "
                      f"{C.fmt_mib(C.med(runs, 'peak'))} |")
         nl = 8 if args.quick else 12
@@ -837,7 +850,8 @@ def render(info: dict, args, results: dict, targets: list) -> str:
               "`st_plan_add_slice` + `st_plan_execute` through ctypes into fresh torch tensors, "
               "pread backend (`-mmap`: mmap backend), bytes read = the engine's own count "
               "(`st_exec_stats.bytes_read`); the ratio is against engine-full of the same "
-              "backend. ours-stage = the plugin's `_read_owned` (one engine plan, pread "
+              "backend; engine execute = `st_plan_execute` alone, work items = "
+              "`st_exec_stats.chunks`. ours-stage = the plugin's `_read_owned` (one engine plan, pread "
               "backend) over the stage's tensors; ours-tp = `safe_open(p, backend='pread')"
               ".get_slice(n)[:, a:b]` (`st_tensor_read_slice`, one call per tensor); "
               "reference-* = `safe_open` + `get_tensor` / `get_slice` (its tensors are lazy "
@@ -854,7 +868,9 @@ def render(info: dict, args, results: dict, targets: list) -> str:
         nt = C.med(res.get("reference", [{}]), "tensors") or 0
         L += [f"### 4. Many small tensors ({nt:,.0f} tensors)", ""]
         L += load_table(res, "ours-zerocopy")
-        L += [""] + _errors(res) + ["", "![small](plots/cpu_small.png)", ""]
+        L += [""] + phases(res)
+        L += [f"- **{c}**: {DESCRIBE[c]}" for c in ("proto-arena",) if c in res]
+        L += _errors(res) + ["", "![small](plots/cpu_small.png)", ""]
 
     L += ["The analysis of each missed target (profiles, what would close it) is the next "
           "section, *CPU suite: why the misses* (hand-written, not rewritten by a run).", ""]

@@ -3,7 +3,7 @@
 #   make bench         the full CPU suite: load, save, subset and many-small-tensors workloads
 #                      (bench_cpu.py), then open + list (bench_open.py) and the torch.save /
 #                      torch.load round trip (bench_python.py); writes RESULTS.md and
-#                      benchmarks/plots/*.png. Run it on a quiet machine (~15 min).
+#                      benchmarks/plots/*.png. Run it on a quiet machine (~12 min on 2 cores).
 #   make bench-quick   smoke run of the same harnesses at tiny sizes: no RESULTS.md rewrite, no
 #                      speed assertions (make test runs it)
 #   make bench-venv    only install the contenders into .venv (never touching torch)
