@@ -511,10 +511,10 @@ ST_API st_status st_writer_size(st_writer *writer, uint64_t *size,
 
 /** Writes the file durably: a temporary file in the same directory
  *  (anonymous, O_TMPFILE, while the data is written; named just before the
- *  rename), every byte written (large data by positioned writes on several
- *  threads), fsync, rename over path, fsync of the directory. On failure the
- *  old file at path is untouched and no temporary file remains; temp files
- *  of writers killed mid-save are removed by the next save of the same path.
+ *  rename), every byte written, fsync, rename over path, fsync of the
+ *  directory. On failure the old file at path is untouched and no temporary
+ *  file remains; temp files of writers killed mid-save are removed by the
+ *  next save of the same path.
  *  The caller should ignore SIGXFSZ so a file-size limit is ST_ERR_IO (EFBIG)
  *  rather than a signal.
  *  Statuses: ST_ERR_IO, ST_ERR_CALLBACK, ST_ERR_NOMEM, those of

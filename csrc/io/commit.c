@@ -166,11 +166,6 @@ static int put_pwrite(void *sink, const void *buf, size_t len) {
   return e;
 }
 
-static int put_pwrite_at(void *sink, const void *buf, size_t len, uint64_t off) {
-  const pwrite_sink *s = sink;
-  return st__pwrite_all(s->fd, buf, len, off);
-}
-
 static int put_write(void *sink, const void *buf, size_t len) {
   return st__write_all(*(int *)sink, buf, len);
 }
@@ -180,7 +175,7 @@ st_status st__write_fd(int fd, st__emit_fn emit, void *ctx, st_error *err) {
     return st__fail(err, ST_ERR_INVALID_ARGUMENT, "negative file descriptor",
                     ST_NO_OFFSET, NULL, 0, 0);
   }
-  return emit(ctx, put_write, NULL, &fd, err);
+  return emit(ctx, put_write, &fd, err);
 }
 
 /* --- durable commit ------------------------------------------------------- */
@@ -324,7 +319,7 @@ st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
   }
 
   pwrite_sink sink = {fd, 0};
-  s = emit(ctx, put_pwrite, put_pwrite_at, &sink, err);
+  s = emit(ctx, put_pwrite, &sink, err);
   if (s != ST_OK) goto fail;
 
   if ((flags & ST_WRITE_NO_FSYNC) == 0) {

@@ -52,17 +52,9 @@ uint64_t st__random_u64(void);
 /* Receives the file's bytes in order. Returns 0 or an errno value. */
 typedef int (*st__put_fn)(void *sink, const void *buf, size_t len);
 
-/* Writes len bytes at file offset off; safe to call from several threads at
- * once on one sink. Returns 0 or an errno value. */
-typedef int (*st__put_at_fn)(void *sink, const void *buf, size_t len,
-                             uint64_t off);
-
-/* Produces the whole file through put (in order), or, where the sink offers
- * put_at (non-NULL; seekable destinations), through positioned writes that
- * may run in parallel. Fills err and returns its status on failure
- * (ST_ERR_IO from a put, ST_ERR_CALLBACK, ...). */
-typedef st_status (*st__emit_fn)(void *ctx, st__put_fn put,
-                                 st__put_at_fn put_at, void *sink,
+/* Produces the whole file through put, in order; fills err and returns its
+ * status on failure (ST_ERR_IO from put, ST_ERR_CALLBACK, ...). */
+typedef st_status (*st__emit_fn)(void *ctx, st__put_fn put, void *sink,
                                  st_error *err);
 
 /* Writes size bytes produced by emit durably to path: an anonymous file in

@@ -1046,65 +1046,6 @@ TEST_F(WriterFaults, ProducerFailure) {
   }
 }
 
-// Large borrowed data goes out as positioned writes on several threads; the
-// hooks here count with an atomic, since they run on those threads.
-std::atomic<int> g_par_calls{0};
-std::atomic<int> g_par_fail_at{0};
-ssize_t h_pwrite_par(int fd, const void *b, size_t n, off_t o) {
-  int c = ++g_par_calls;
-  if (c == g_par_fail_at.load()) {
-    errno = ENOSPC;
-    return -1;
-  }
-  return pwrite(fd, b, n, o);
-}
-const st__io_hooks kParHooks = {nullptr, h_pwrite_par, nullptr, nullptr, nullptr,
-                                nullptr, nullptr,      nullptr, nullptr};
-
-TEST_F(WriterFaults, ParallelWritesOfLargeDataAreExactAndFailCleanly) {
-  st__io_set_hooks(&kParHooks);
-  st_writer *w = nullptr;
-  ASSERT_EQ(st_writer_new(nullptr, &w, nullptr), ST_OK);
-  WriterPtr wp(w);
-  std::string big = pattern(7, 48u << 20), mid = pattern(8, (9u << 20) + 3);
-  Source lazy;
-  lazy.bytes = pattern(9, (5u << 20) + 1);
-  uint64_t s_big[1] = {big.size()}, s_mid[1] = {mid.size()}, s_lazy[1] = {lazy.bytes.size()};
-  uint64_t s_small[1] = {3};
-  const char small[3] = {1, 2, 3};
-  ASSERT_EQ(st_writer_add_tensor(w, "big", 3, ST_U8, s_big, 1, big.data(), big.size(), nullptr), ST_OK);
-  ASSERT_EQ(st_writer_add_tensor(w, "mid", 3, ST_I8, s_mid, 1, mid.data(), mid.size(), nullptr), ST_OK);
-  ASSERT_EQ(st_writer_add_tensor_cb(w, "lazy", 4, ST_U8, s_lazy, 1, produce, &lazy, nullptr), ST_OK);
-  ASSERT_EQ(st_writer_add_tensor(w, "small", 5, ST_BOOL, s_small, 1, small, 3, nullptr), ST_OK);
-  std::string expect = to_memory(w);
-
-  g_par_calls = 0;
-  g_par_fail_at = 0;
-  lazy.calls = 0;
-  ASSERT_EQ(st_writer_write_path(w, path.c_str(), 0, nullptr), ST_OK);
-  EXPECT_EQ(sttest::read_bytes(path), expect);
-  int total_calls = g_par_calls.load();
-  EXPECT_GE(total_calls, 8);  // header, producer chunks, 8 MiB pieces
-  EXPECT_EQ(list_dir(dir), std::vector<std::string>{"target.safetensors"});
-
-  for (int k : {1, 2, total_calls / 2, total_calls}) {
-    ASSERT_TRUE(sttest::write_bytes(path, old));
-    g_par_calls = 0;
-    g_par_fail_at = k;
-    st_error err;
-    EXPECT_EQ(st_writer_write_path(w, path.c_str(), 0, &err), ST_ERR_IO) << "k=" << k;
-    EXPECT_EQ(err.sys_errno, ENOSPC) << "k=" << k;
-    expect_old_intact("parallel pwrite");
-  }
-  g_par_fail_at = 0;
-  lazy.calls = 0;
-  lazy.fail_on_call = 2;
-  st_error err;
-  EXPECT_EQ(st_writer_write_path(w, path.c_str(), 0, &err), ST_ERR_CALLBACK);
-  EXPECT_STREQ(err.name, "lazy");
-  expect_old_intact("parallel producer");
-}
-
 // Without O_TMPFILE (some filesystems) the writer falls back to a named
 // temp file, with the same guarantees.
 int h_open_no_tmpfile(const char *p, int f, mode_t m) {
