@@ -166,12 +166,40 @@ void st_exec_options_init(st_exec_options *opts) {
   opts->chunk_size = ENGINE_DEFAULT_CHUNK;
 }
 
-/* A work item is a piece of one entry. */
+/* A work item is a piece of one large entry (count == 1), or a run of
+ * consecutive small entries taken whole (count > 1, off == 0), so a plan of
+ * many small entries (a column slice: one entry per row) is not one atomic
+ * hand-off per entry. */
 typedef struct work_item {
-  size_t entry;
-  uint64_t off; /* within the entry */
-  uint64_t len;
+  size_t first;
+  size_t count;
+  uint64_t off; /* within entry `first` when count == 1 */
+  uint64_t len; /* bytes of the item */
 } work_item;
+
+/* Cuts the plan into work items; counts them when items is NULL. */
+static size_t make_items(const st_plan *plan, uint64_t chunk, work_item *items) {
+  size_t k = 0, i = 0;
+  while (i < plan->count) {
+    const plan_entry *e = &plan->entries[i];
+    if (e->len >= chunk) {
+      for (uint64_t off = 0; off < e->len; off += chunk, k++) {
+        uint64_t left = e->len - off;
+        if (items != NULL) items[k] = (work_item){i, 1, off, left < chunk ? left : chunk};
+      }
+      i++;
+      continue;
+    }
+    size_t j = i;
+    uint64_t sum = 0;
+    while (j < plan->count && plan->entries[j].len < chunk && sum + plan->entries[j].len <= chunk)
+      sum += plan->entries[j++].len;
+    if (items != NULL) items[k] = (work_item){i, j - i, 0, sum};
+    k++;
+    i = j;
+  }
+  return k;
+}
 
 typedef struct engine_run {
   const st_plan *plan;
@@ -229,20 +257,24 @@ static void *engine_worker(void *arg) {
     size_t i = atomic_fetch_add(&r->next, 1);
     if (i >= r->nitems) break;
     const work_item *w = &r->items[i];
-    const plan_entry *e = &r->plan->entries[w->entry];
-    uint64_t src = e->offset + w->off;
-    unsigned char *dst = e->dst + w->off;
-    bool populate = !(r->flags & ST_EXEC_NO_PREFAULT) && w->len >= ENGINE_MIN_CHUNK;
-    if (populate) prefault(dst, w->len, MADV_POPULATE_WRITE);
-    if (r->base != NULL) {
-      memcpy(dst, r->base + src, (size_t)w->len);
-    } else {
-      st_error e2;
-      st_status s = st_read_range(r->plan->file, src, w->len, dst, &e2);
-      if (s != ST_OK) {
-        record_failure(r, s, &e2);
-        break;
-      }
+    st_status s = ST_OK;
+    st_error e2;
+    for (size_t k = 0; k < w->count && s == ST_OK; k++) {
+      const plan_entry *e = &r->plan->entries[w->first + k];
+      uint64_t off = w->count == 1 ? w->off : 0;
+      uint64_t len = w->count == 1 ? w->len : e->len;
+      uint64_t src = e->offset + off;
+      unsigned char *dst = e->dst + off;
+      if (!(r->flags & ST_EXEC_NO_PREFAULT) && len >= ENGINE_MIN_CHUNK)
+        prefault(dst, len, MADV_POPULATE_WRITE);
+      if (r->base != NULL)
+        memcpy(dst, r->base + src, (size_t)len);
+      else
+        s = st_read_range(r->plan->file, src, len, dst, &e2);
+    }
+    if (s != ST_OK) {
+      record_failure(r, s, &e2);
+      break;
     }
     atomic_fetch_add_explicit(&r->copied, w->len, memory_order_relaxed);
   }
@@ -279,20 +311,10 @@ st_status st_plan_execute(const st_plan *plan, const st_exec_options *opts, st_e
     if (st_tensor_data(plan->file, 0, &p0) == ST_OK) base = p0;
   }
 
-  size_t nitems = 0;
-  for (size_t i = 0; i < plan->count; i++) {
-    uint64_t pieces = (plan->entries[i].len + o.chunk_size - 1) / o.chunk_size;
-    nitems += (size_t)pieces;
-  }
+  size_t nitems = make_items(plan, o.chunk_size, NULL);
   work_item *items = st__calloc(plan->alloc, nitems != 0 ? nitems : 1, sizeof *items);
   if (items == NULL) return st__fail(err, ST_ERR_NOMEM, "cannot allocate work items", ST_NO_OFFSET, NULL, 0, 0);
-  size_t k = 0;
-  for (size_t i = 0; i < plan->count; i++) {
-    for (uint64_t off = 0; off < plan->entries[i].len; off += o.chunk_size) {
-      uint64_t left = plan->entries[i].len - off;
-      items[k++] = (work_item){i, off, left < o.chunk_size ? left : o.chunk_size};
-    }
-  }
+  make_items(plan, o.chunk_size, items);
   if ((size_t)threads > nitems) threads = nitems != 0 ? (uint32_t)nitems : 1;
 
   engine_run r;

@@ -779,6 +779,9 @@ static PyObject *File_slice_shape(FileObject *self, PyObject *args) {
 
 /* Reads many whole tensors at once through the copy engine: items is a
  * sequence of (index, address, nbytes). threads 0: every CPU. */
+/* Items are (index, address, nbytes) for whole tensors, or (index, address,
+ * nbytes, ranges) for slices; all run as one plan of the copy engine.
+ * Returns the engine's counters. */
 static PyObject *File_read_many(FileObject *self, PyObject *args,
                                 PyObject *kwds) {
   static char *kwlist[] = {"items", "threads", NULL};
@@ -786,10 +789,10 @@ static PyObject *File_read_many(FileObject *self, PyObject *args,
   unsigned int threads = 0;
   st_plan *plan = NULL;
   st_exec_options opts;
+  st_exec_stats stats;
   st_error err;
   st_status rc;
   Py_ssize_t k, n;
-  st_file *f;
   if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|I", kwlist, &items,
                                    &threads))
     return NULL;
@@ -807,12 +810,14 @@ static PyObject *File_read_many(FileObject *self, PyObject *args,
   n = PySequence_Fast_GET_SIZE(fast);
   for (k = 0; k < n; k++) {
     PyObject *item = PySequence_Fast_GET_ITEM(fast, k);
-    size_t i;
+    size_t i, nr = 0;
     void *ptr;
     uint64_t nb;
-    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
+    st_range *ranges = NULL;
+    if (!PyTuple_Check(item) ||
+        (PyTuple_GET_SIZE(item) != 3 && PyTuple_GET_SIZE(item) != 4)) {
       PyErr_SetString(PyExc_TypeError,
-                      "each item must be (index, address, nbytes)");
+                      "each item must be (index, address, nbytes[, ranges])");
       goto fail;
     }
     if (file_index(self, PyTuple_GET_ITEM(item, 0), &i) < 0 ||
@@ -823,7 +828,14 @@ static PyObject *File_read_many(FileObject *self, PyObject *args,
       PyErr_SetString(PyExc_ValueError, "nbytes too large");
       goto fail;
     }
-    rc = st_plan_add_tensor(plan, i, ptr, (size_t)nb, &err);
+    if (PyTuple_GET_SIZE(item) == 4) {
+      if (parse_ranges(PyTuple_GET_ITEM(item, 3), &ranges, &nr) < 0)
+        goto fail;
+      rc = st_plan_add_slice(plan, i, ranges, nr, ptr, (size_t)nb, &err);
+      PyMem_Free(ranges);
+    } else {
+      rc = st_plan_add_tensor(plan, i, ptr, (size_t)nb, &err);
+    }
     if (rc != ST_OK) {
       raise_status(rc, &err, self->name);
       goto fail;
@@ -832,18 +844,20 @@ static PyObject *File_read_many(FileObject *self, PyObject *args,
   Py_DECREF(fast);
   st_exec_options_init(&opts);
   opts.threads = threads;
-  f = self->file;
-  (void)f;
   self->users++;
   Py_BEGIN_ALLOW_THREADS
-  rc = st_plan_execute(plan, &opts, NULL, &err);
+  rc = st_plan_execute(plan, &opts, &stats, &err);
   st_plan_free(plan);
   Py_END_ALLOW_THREADS
   self->users--;
   file_maybe_release(self);
   if (rc != ST_OK)
     return raise_status(rc, &err, self->name);
-  Py_RETURN_NONE;
+  return Py_BuildValue("{s:K,s:K,s:K,s:I}", "bytes_copied",
+                       (unsigned long long)stats.bytes_copied, "bytes_read",
+                       (unsigned long long)stats.bytes_read, "chunks",
+                       (unsigned long long)stats.chunks, "threads_used",
+                       (unsigned int)stats.threads_used);
 fail:
   Py_DECREF(fast);
   st_plan_free(plan);
@@ -937,8 +951,9 @@ static PyMethodDef File_methods[] = {
      "slice_shape(i, ranges) -> (shape, nbytes)."},
     {"read_many", (PyCFunction)(void (*)(void))File_read_many,
      METH_VARARGS | METH_KEYWORDS,
-     "read_many([(i, address, nbytes), ...], threads=0): parallel copy of\n"
-     "whole tensors through the copy engine."},
+     "read_many([(i, address, nbytes[, ranges]), ...], threads=0): one\n"
+     "plan of the copy engine for whole tensors and slices; returns its\n"
+     "counters {bytes_copied, bytes_read, chunks, threads_used}."},
     {"close", (PyCFunction)File_close, METH_NOARGS,
      "close(): no further calls; the mapping goes when the last View dies."},
     {"__enter__", (PyCFunction)File_enter, METH_NOARGS, NULL},

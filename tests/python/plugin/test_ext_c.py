@@ -184,9 +184,31 @@ def test_read_many_parallel_copy(sample):
     with _C.File(str(path)) as f:
         oa = np.zeros(6, dtype=np.float32)
         ob = np.zeros(4, dtype=np.uint8)
-        f.read_many([(0, oa.ctypes.data, oa.nbytes),
-                     ("b", ob.ctypes.data, ob.nbytes)], threads=2)
+        stats = f.read_many([(0, oa.ctypes.data, oa.nbytes),
+                             ("b", ob.ctypes.data, ob.nbytes)], threads=2)
         assert oa.tobytes() == a.tobytes() and ob.tobytes() == b.tobytes()
+        assert stats["bytes_copied"] == stats["bytes_read"] == oa.nbytes + ob.nbytes
+        assert 1 <= stats["threads_used"] <= 2 and stats["chunks"] >= 1
+
+
+def test_read_many_slices_count_only_their_bytes(tmp_path):
+    m = np.arange(64 * 48, dtype=np.float32).reshape(64, 48)
+    w = _C.Writer()
+    w.add_tensor("m", "F32", m.shape, m)
+    path = str(tmp_path / "m.safetensors")
+    w.write_path(path, fsync=False)
+    for backend in ("mmap", "pread"):
+        with _C.File(path, backend=backend) as f:
+            col = np.zeros((64, 6), dtype=np.float32)   # one of 8 column shards
+            rows = np.zeros((8, 48), dtype=np.float32)  # every 8th row, negative start
+            stats = f.read_many([("m", col.ctypes.data, col.nbytes, [(0, None, 1), (6, 12, 1)]),
+                                 ("m", rows.ctypes.data, rows.nbytes, [(-64, None, 8)])])
+            assert np.array_equal(col, m[:, 6:12])
+            assert np.array_equal(rows, m[-64::8])
+            assert stats["bytes_read"] == col.nbytes + rows.nbytes
+            with pytest.raises(SafetensorError) as ei:
+                f.read_many([("m", col.ctypes.data, col.nbytes - 1, [(0, None, 1), (6, 12, 1)])])
+            assert ei.value.status_name == "ST_ERR_BUFFER_TOO_SMALL"
 
 
 def test_concurrent_reads_from_threads(tmp_path):
