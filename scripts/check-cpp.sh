@@ -22,7 +22,9 @@ step "configure + build the adapter and its tests ($BUILD)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DST_WITH_TORCH=ON -DST_BUILD_CLI=OFF -DST_TORCH_PYTHON="$PY" \
   -DCMAKE_INSTALL_PREFIX="$PREFIX" >/dev/null
-cmake --build "$BUILD" -j "$JOBS" --target safetensors_torch cpp_test_load cpp_test_module
+# Everything the install step installs, plus the C++ tests.
+cmake --build "$BUILD" -j "$JOBS" --target safetensors safetensors_static safetensors_torch \
+  cpp_test_load cpp_test_module
 
 step "C++ tests"
 ctest --test-dir "$BUILD" -R '^cpp_' --output-on-failure
