@@ -109,6 +109,14 @@ void st__free(const st_allocator *a, void *ptr) {
 size_t st__utf8_check(const unsigned char *s, size_t len) {
   size_t i = 0;
   while (i < len) {
+    /* Headers are almost all ASCII: skip it eight bytes at a time. */
+    while (len - i >= 8) {
+      uint64_t w;
+      memcpy(&w, s + i, sizeof w);
+      if (w & UINT64_C(0x8080808080808080)) break;
+      i += 8;
+    }
+    if (i >= len) break;
     unsigned c = s[i];
     if (c < 0x80) {
       i++;
