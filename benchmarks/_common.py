@@ -141,6 +141,26 @@ def _version(mod: str) -> str:
         return "not installed"
 
 
+def gpt2_shapes(n_layer: int, n_embd: int, vocab: int, n_pos: int) -> list:
+    """(name, shape) of a GPT-2 LM head model's state_dict, in transformers' order
+    (without the lm_head, which ties to wte). Shared by the benchmarks and scripts/demo.py."""
+    shapes = [("transformer.wte.weight", (vocab, n_embd)),
+              ("transformer.wpe.weight", (n_pos, n_embd))]
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        shapes += [
+            (p + "ln_1.weight", (n_embd,)), (p + "ln_1.bias", (n_embd,)),
+            (p + "attn.c_attn.weight", (n_embd, 3 * n_embd)),
+            (p + "attn.c_attn.bias", (3 * n_embd,)),
+            (p + "attn.c_proj.weight", (n_embd, n_embd)), (p + "attn.c_proj.bias", (n_embd,)),
+            (p + "ln_2.weight", (n_embd,)), (p + "ln_2.bias", (n_embd,)),
+            (p + "mlp.c_fc.weight", (n_embd, 4 * n_embd)), (p + "mlp.c_fc.bias", (4 * n_embd,)),
+            (p + "mlp.c_proj.weight", (4 * n_embd, n_embd)), (p + "mlp.c_proj.bias", (n_embd,)),
+        ]
+    shapes += [("transformer.ln_f.weight", (n_embd,)), ("transformer.ln_f.bias", (n_embd,))]
+    return shapes
+
+
 def machine_info(packages: Sequence[str] = ()) -> dict:
     cpu = platform.processor() or "unknown"
     try:

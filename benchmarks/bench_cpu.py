@@ -96,18 +96,7 @@ DESCRIBE = {
 # =============================================================================================
 
 def gpt2_shapes(quick: bool) -> List[Tuple[str, Tuple[int, ...]]]:
-    n_layer, d, vocab, n_pos = (8, 64, 1000, 128) if quick else (12, 768, 50257, 1024)
-    shapes = [("transformer.wte.weight", (vocab, d)), ("transformer.wpe.weight", (n_pos, d))]
-    for i in range(n_layer):
-        p = f"transformer.h.{i}."
-        shapes += [(p + "ln_1.weight", (d,)), (p + "ln_1.bias", (d,)),
-                   (p + "attn.c_attn.weight", (d, 3 * d)), (p + "attn.c_attn.bias", (3 * d,)),
-                   (p + "attn.c_proj.weight", (d, d)), (p + "attn.c_proj.bias", (d,)),
-                   (p + "ln_2.weight", (d,)), (p + "ln_2.bias", (d,)),
-                   (p + "mlp.c_fc.weight", (d, 4 * d)), (p + "mlp.c_fc.bias", (4 * d,)),
-                   (p + "mlp.c_proj.weight", (4 * d, d)), (p + "mlp.c_proj.bias", (d,))]
-    shapes += [("transformer.ln_f.weight", (d,)), ("transformer.ln_f.bias", (d,))]
-    return shapes
+    return C.gpt2_shapes(*((8, 64, 1000, 128) if quick else (12, 768, 50257, 1024)))
 
 
 def small_shapes(quick: bool) -> List[Tuple[str, Tuple[int, ...]]]:

@@ -23,10 +23,8 @@ Environment: ST_LIBRARY (default build/libsafetensors.so), ST_INCLUDE (default i
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -36,6 +34,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -207,34 +208,12 @@ def run_contender(name: str, path: Path, warm: Path, c_exe: Path) -> dict:
 # --- Reporting ------------------------------------------------------------------------------------
 
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = 0
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import safetensors
-    try:
-        import torch
-        torch_v = torch.__version__
-    except ImportError:
-        torch_v = "not installed"
+    info = _common.machine_info(["safetensors", "torch"])
+    info.update(info.pop("versions"))
     sys.path.insert(0, str(ROOT / "tests" / "python"))
     import stcore
-    return {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu": cpu,
-            "cores": os.cpu_count(), "mem_gib": mem / 2**30, "python": platform.python_version(),
-            "safetensors": safetensors.__version__, "torch": torch_v,
-            "ours": stcore.lib().st_version_string().decode(), "kernel": platform.release(),
-            "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    info["ours"] = stcore.lib().st_version_string().decode()
+    return info
 
 
 def fmt_t(s: float) -> str:

@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -36,6 +35,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -53,18 +55,7 @@ SHARES_FILE = {"ours-owned": "ours-hook", "pickle-mmap": "pickle"}
 # --------------------------------------------------------------------------------------------
 
 def gpt2_shapes(small: bool) -> list:
-    n_layer, d, vocab, n_pos = (2, 256, 5000, 256) if small else (12, 768, 50257, 1024)
-    shapes = [("transformer.wte.weight", (vocab, d)), ("transformer.wpe.weight", (n_pos, d))]
-    for i in range(n_layer):
-        p = f"transformer.h.{i}."
-        shapes += [(p + "ln_1.weight", (d,)), (p + "ln_1.bias", (d,)),
-                   (p + "attn.c_attn.weight", (d, 3 * d)), (p + "attn.c_attn.bias", (3 * d,)),
-                   (p + "attn.c_proj.weight", (d, d)), (p + "attn.c_proj.bias", (d,)),
-                   (p + "ln_2.weight", (d,)), (p + "ln_2.bias", (d,)),
-                   (p + "mlp.c_fc.weight", (d, 4 * d)), (p + "mlp.c_fc.bias", (4 * d,)),
-                   (p + "mlp.c_proj.weight", (4 * d, d)), (p + "mlp.c_proj.bias", (d,))]
-    shapes += [("transformer.ln_f.weight", (d,)), ("transformer.ln_f.bias", (d,))]
-    return shapes
+    return _common.gpt2_shapes(*((2, 256, 5000, 256) if small else (12, 768, 50257, 1024)))
 
 
 def gpt2_state_dict(dtype_name: str, small: bool):
@@ -253,31 +244,9 @@ def bench_workload(dtype: str, small: bool, runs: int, work: Path, progress) -> 
 
 
 def _machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = 0
-    try:
-        with open("/proc/meminfo") as fh:
-            mem = int(fh.readline().split()[1]) * 1024
-    except OSError:
-        pass
-    import safetensors
-    import torch
-
-    import torch_safetensors
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem / 2**30,
-            "python": platform.python_version(), "torch": torch.__version__,
-            "safetensors": safetensors.__version__,
-            "torch_safetensors": torch_safetensors.__version__,
-            "kernel": platform.release()}
+    info = _common.machine_info(["torch", "safetensors", "torch_safetensors"])
+    info.update(info.pop("versions"))
+    return info
 
 
 def _fmt(xs: list) -> str:

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _common  # noqa: E402  (the GPT-2 shapes, shared with the benchmarks)
 
 
 def _rss_kb(field: str) -> int:
@@ -78,32 +80,13 @@ class Measure:
         return False
 
 
-def gpt2_shapes(n_layer: int, n_embd: int, vocab: int, n_pos: int):
-    """(name, shape) of a GPT-2 LM head model's state_dict, in transformers' order."""
-    shapes = [("transformer.wte.weight", (vocab, n_embd)),
-              ("transformer.wpe.weight", (n_pos, n_embd))]
-    for i in range(n_layer):
-        p = f"transformer.h.{i}."
-        shapes += [
-            (p + "ln_1.weight", (n_embd,)), (p + "ln_1.bias", (n_embd,)),
-            (p + "attn.c_attn.weight", (n_embd, 3 * n_embd)),
-            (p + "attn.c_attn.bias", (3 * n_embd,)),
-            (p + "attn.c_proj.weight", (n_embd, n_embd)), (p + "attn.c_proj.bias", (n_embd,)),
-            (p + "ln_2.weight", (n_embd,)), (p + "ln_2.bias", (n_embd,)),
-            (p + "mlp.c_fc.weight", (n_embd, 4 * n_embd)), (p + "mlp.c_fc.bias", (4 * n_embd,)),
-            (p + "mlp.c_proj.weight", (4 * n_embd, n_embd)), (p + "mlp.c_proj.bias", (n_embd,)),
-        ]
-    shapes += [("transformer.ln_f.weight", (n_embd,)), ("transformer.ln_f.bias", (n_embd,))]
-    return shapes
-
-
 def build(small: bool, bar):
     import torch
 
     dims = (2, 256, 5000, 256) if small else (12, 768, 50257, 1024)
     g = torch.Generator().manual_seed(0)
     params = {}
-    for name, shape in gpt2_shapes(*dims):
+    for name, shape in _common.gpt2_shapes(*dims):
         t = torch.empty(shape)
         if name.endswith("bias"):
             t.zero_()
