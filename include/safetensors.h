@@ -416,6 +416,12 @@ ST_API uint64_t st_plan_bytes(const st_plan *plan);
 #define ST_EXEC_NO_PREFAULT 0x1u /* don't populate the destination's page
                                     tables (MADV_POPULATE_WRITE) ahead of
                                     each chunk's copy */
+#define ST_EXEC_DIRECT 0x2u      /* pread backend: read with O_DIRECT,
+                                    bypassing the page cache (cold reads of
+                                    large files), through aligned bounce
+                                    buffers; where the filesystem refuses
+                                    O_DIRECT, buffered reads are used and
+                                    st_exec_stats.direct says so */
 
 typedef struct st_exec_options {
   size_t struct_size;   /* sizeof(st_exec_options); set by _init */
@@ -430,10 +436,11 @@ ST_API void st_exec_options_init(st_exec_options *opts);
 
 typedef struct st_exec_stats {
   uint64_t bytes_copied;  /* bytes written to destinations */
-  uint64_t bytes_read;    /* bytes read from the file or mapping */
+  uint64_t bytes_read;    /* bytes read from the file or mapping (with
+                             O_DIRECT: whole aligned blocks, so more) */
   uint64_t chunks;        /* work items run */
   uint32_t threads_used;
-  uint32_t reserved32;
+  uint32_t direct;        /* 1 when the reads went through O_DIRECT */
   uint64_t reserved[6];
 } st_exec_stats;
 
