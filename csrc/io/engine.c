@@ -305,7 +305,8 @@ static void *engine_worker(void *arg) {
                                  ST_NO_OFFSET, NULL, 0, 0), &e);
       return NULL;
     }
-    bounce = (unsigned char *)(((uintptr_t)raw + DIRECT_ALIGN - 1) & ~(uintptr_t)(DIRECT_ALIGN - 1));
+    const uintptr_t align = (uintptr_t)DIRECT_ALIGN;
+    bounce = (unsigned char *)(((uintptr_t)raw + align - 1) & ~(align - 1));
   }
   for (;;) {
     if (atomic_load_explicit(&r->failed, memory_order_relaxed)) break;
