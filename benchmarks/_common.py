@@ -45,14 +45,21 @@ def trim_heap() -> None:
         pass
 
 
-def reset_peak() -> int:
-    """Resets VmHWM to the current RSS; returns that RSS (the baseline of the peak)."""
+def clear_peak() -> bool:
+    """Gives freed heap back to the OS, then resets VmHWM to the current RSS; False where the
+    kernel does not allow the reset (then only VmRSS is meaningful)."""
     trim_heap()
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
+        return True
     except OSError:
-        pass
+        return False
+
+
+def reset_peak() -> int:
+    """Resets VmHWM to the current RSS; returns that RSS (the baseline of the peak)."""
+    clear_peak()
     return status_bytes("VmRSS")
 
 

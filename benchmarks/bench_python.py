@@ -66,32 +66,6 @@ def gpt2_state_dict(dtype_name: str, small: bool):
     return {n: torch.randn(s, generator=g).to(dtype) for n, s in gpt2_shapes(small)}
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _trim() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the OS before measuring
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _touch(obj) -> int:
     import torch
 
@@ -164,9 +138,8 @@ def worker(contender: str, dtype_name: str, small: bool) -> None:
         if cmd == "save" and sd is None:
             sd = gpt2_state_dict(dtype_name, small)
         gc.collect()
-        _trim()
-        ok = _reset_peak()
-        rss0 = _status_kb("VmRSS")
+        ok = _common.clear_peak()
+        rss0 = _common.status_bytes("VmRSS") // 1024
         t0 = time.perf_counter()
         if cmd == "save":
             saver()(path)
@@ -175,7 +148,7 @@ def worker(contender: str, dtype_name: str, small: bool) -> None:
             out = loader()(path)
             _touch(out)
         secs = time.perf_counter() - t0
-        peak = _status_kb("VmHWM") if ok else _status_kb("VmRSS")
+        peak = _common.status_bytes("VmHWM") // 1024 if ok else _common.status_bytes("VmRSS") // 1024
         del out
         gc.collect()
         print(json.dumps({"seconds": secs, "peak_mib": max(0, peak - rss0) / 1024,

@@ -34,48 +34,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import _common  # noqa: E402  (the GPT-2 shapes, shared with the benchmarks)
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _trim() -> None:
-    """Give freed heap memory back to the OS, so that an earlier step's frees do not hide a
-    later step's allocations from RSS."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 class Measure:
     """Wall time and peak RSS growth (MiB) of the enclosed block."""
 
     def __enter__(self):
         gc.collect()
-        _trim()
-        self.peak_ok = _reset_peak()
-        self.rss0 = _rss_kb("VmRSS")
+        self.peak_ok = _common.clear_peak()
+        self.rss0 = _common.status_bytes("VmRSS") // 1024
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
-        peak = _rss_kb("VmHWM") if self.peak_ok else _rss_kb("VmRSS")
+        peak = _common.status_bytes("VmHWM") // 1024 if self.peak_ok else _common.status_bytes("VmRSS") // 1024
         self.peak_mib = max(0, peak - self.rss0) / 1024
         return False
 
