@@ -93,6 +93,10 @@ def nbytes(name: str, shape) -> int:
     return n * BITS[name] // 8
 
 
+#: Dtypes whose torch shape is not the file shape.
+RESHAPED = RAW_BYTES | {"F4"}
+
+
 def torch_shape(name: str, shape, nbytes_: int) -> Tuple[int, ...]:
     """The torch shape of a file tensor of dtype name and file shape."""
     shape = tuple(int(d) for d in shape)

@@ -152,6 +152,28 @@ def _view_tensor(f: "_C.File", i: int, info: tuple) -> torch.Tensor:
     return torch.frombuffer(f.buffer(i), dtype=tdtype).view(tshape)
 
 
+def _view_all(f: "_C.File", infos: List[tuple]) -> List[torch.Tensor]:
+    """_view_tensor for every tensor of f: the same tensors (each with its
+    own storage over its bytes of the mapping), built with as few torch calls
+    per tensor as possible, since with many small tensors those calls are
+    the whole cost."""
+    to_torch = _dtypes.TO_TORCH
+    reshaped = _dtypes.RESHAPED
+    frombuffer = torch.frombuffer
+    buffer = f.buffer
+    out = []
+    append = out.append
+    for i, info in enumerate(infos):
+        name, dtype, shape, begin, end = info
+        tdtype = to_torch.get(dtype)
+        if tdtype is None or dtype in reshaped or end == begin:
+            append(_view_tensor(f, i, info))
+            continue
+        t = frombuffer(buffer(i), dtype=tdtype)
+        append(t if len(shape) == 1 else t.view(shape))
+    return out
+
+
 def _empty_for(info: tuple, pin: bool = False) -> torch.Tensor:
     name, dtype, shape, begin, end = info
     tdtype = _torch_dtype(dtype, name)
@@ -292,13 +314,15 @@ class safe_open:
     def get_tensors(self) -> Dict[str, torch.Tensor]:
         """Every tensor, keyed by name, in file order."""
         self._check_open()
+        cpu = _is_cpu(self._device)
         if self._backend == "mmap":
-            ts = [_view_tensor(self._file, k, info)
-                  for k, info in enumerate(self._infos)]
+            ts = _view_all(self._file, self._infos)
         else:
             ts = _read_owned(self._file, list(enumerate(self._infos)),
-                             pin=not _is_cpu(self._device) and _pin())
-        return {info[0]: self._place(t) for info, t in zip(self._infos, ts)}
+                             pin=not cpu and _pin())
+        if not cpu:
+            ts = [self._place(t) for t in ts]
+        return {info[0]: t for info, t in zip(self._infos, ts)}
 
     def get_slice(self, name: str) -> "_SafeSlice":
         """A lazy handle: index it (``[a:b, ::2, -1]``) to read a part."""
@@ -927,7 +951,7 @@ def _read_tensors(source: Any,
             pin = not _is_cpu(dev) and _pin()
             ts = _read_owned(f, list(enumerate(infos)), pin=pin)
         else:
-            ts = [_view_tensor(f, k, info) for k, info in enumerate(infos)]
+            ts = _view_all(f, infos)
         if not _is_cpu(dev):
             ts = [t.to(dev) for t in ts]
         md = _metadata(f)
