@@ -422,6 +422,14 @@ ST_API uint64_t st_plan_bytes(const st_plan *plan);
                                     buffers; where the filesystem refuses
                                     O_DIRECT, buffered reads are used and
                                     st_exec_stats.direct says so */
+#define ST_EXEC_HUGEPAGES 0x4u   /* the destinations are fresh memory that
+                                    the plan overwrites: advise transparent
+                                    huge pages (MADV_HUGEPAGE) on the 2 MiB-
+                                    aligned part of every entry of 2 MiB or
+                                    more before copying into it, so the kernel
+                                    zeroes and maps 2 MiB at a time. Changes
+                                    the advice of the caller's memory; where
+                                    huge pages are off it does nothing */
 
 typedef struct st_exec_options {
   size_t struct_size;   /* sizeof(st_exec_options); set by _init */

@@ -784,18 +784,23 @@ static PyObject *File_slice_shape(FileObject *self, PyObject *args) {
  * Returns the engine's counters. */
 static PyObject *File_read_many(FileObject *self, PyObject *args,
                                 PyObject *kwds) {
-  static char *kwlist[] = {"items", "threads", NULL};
+  static char *kwlist[] = {"items", "threads", "flags", NULL};
   PyObject *items, *fast;
-  unsigned int threads = 0;
+  unsigned int threads = 0, flags = 0;
   st_plan *plan = NULL;
   st_exec_options opts;
   st_exec_stats stats;
   st_error err;
   st_status rc;
   Py_ssize_t k, n;
-  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|I", kwlist, &items,
-                                   &threads))
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|II", kwlist, &items,
+                                   &threads, &flags))
     return NULL;
+  if ((flags & ~(unsigned)(ST_EXEC_NO_PREFAULT | ST_EXEC_DIRECT |
+                           ST_EXEC_HUGEPAGES)) != 0) {
+    PyErr_Format(PyExc_ValueError, "unknown engine flags 0x%x", flags);
+    return NULL;
+  }
   if (file_check(self) < 0)
     return NULL;
   fast = PySequence_Fast(items, "items must be a sequence");
@@ -844,6 +849,7 @@ static PyObject *File_read_many(FileObject *self, PyObject *args,
   Py_DECREF(fast);
   st_exec_options_init(&opts);
   opts.threads = threads;
+  opts.flags = flags;
   self->users++;
   Py_BEGIN_ALLOW_THREADS
   rc = st_plan_execute(plan, &opts, &stats, &err);
@@ -951,8 +957,9 @@ static PyMethodDef File_methods[] = {
      "slice_shape(i, ranges) -> (shape, nbytes)."},
     {"read_many", (PyCFunction)(void (*)(void))File_read_many,
      METH_VARARGS | METH_KEYWORDS,
-     "read_many([(i, address, nbytes[, ranges]), ...], threads=0): one\n"
-     "plan of the copy engine for whole tensors and slices; returns its\n"
+     "read_many([(i, address, nbytes[, ranges]), ...], threads=0, flags=0):\n"
+     "one plan of the copy engine for whole tensors and slices (flags:\n"
+     "EXEC_NO_PREFAULT, EXEC_DIRECT, EXEC_HUGEPAGES); returns its\n"
      "counters {bytes_copied, bytes_read, chunks, threads_used}."},
     {"close", (PyCFunction)File_close, METH_NOARGS,
      "close(): no further calls; the mapping goes when the last View dies."},
@@ -1510,7 +1517,10 @@ PyMODINIT_FUNC PyInit__C(void) {
       PyModule_AddObjectRef(m, "File", (PyObject *)&File_Type) < 0 ||
       PyModule_AddObjectRef(m, "View", (PyObject *)&View_Type) < 0 ||
       PyModule_AddObjectRef(m, "Writer", (PyObject *)&Writer_Type) < 0 ||
-      PyModule_AddStringConstant(m, "VERSION", st_version_string()) < 0)
+      PyModule_AddStringConstant(m, "VERSION", st_version_string()) < 0 ||
+      PyModule_AddIntConstant(m, "EXEC_NO_PREFAULT", ST_EXEC_NO_PREFAULT) < 0 ||
+      PyModule_AddIntConstant(m, "EXEC_DIRECT", ST_EXEC_DIRECT) < 0 ||
+      PyModule_AddIntConstant(m, "EXEC_HUGEPAGES", ST_EXEC_HUGEPAGES) < 0)
     goto fail;
   {
     int k;

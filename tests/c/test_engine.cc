@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "safetensors.h"
@@ -277,6 +278,87 @@ TEST(Engine, DirectReadsMatchBufferedReads) {
   EXPECT_EQ(st_plan_execute(plan, &eo, nullptr, &err), ST_ERR_FILE_CHANGED);
   st_plan_free(plan);
   st_close(f);
+  std::remove(path.c_str());
+}
+
+// Kilobytes of AnonHugePages in the mapping of /proc/self/smaps that holds addr.
+long huge_kb_at(const void *addr) {
+  FILE *fp = std::fopen("/proc/self/smaps", "r");
+  if (fp == nullptr) return -1;
+  char line[512];
+  bool inside = false;
+  long kb = -1;
+  const auto a = reinterpret_cast<uintptr_t>(addr);
+  while (std::fgets(line, sizeof line, fp) != nullptr) {
+    unsigned long lo, hi;
+    // A mapping's first line is "lo-hi perms ..."; its fields ("Rss:",
+    // "AnonHugePages:") never parse as two hex numbers joined by '-'.
+    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
+      inside = a >= lo && a < hi;
+    } else if (inside && std::sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) {
+      break;
+    }
+  }
+  std::fclose(fp);
+  return kb;
+}
+
+TEST(Engine, HugePagesFlagGivesTheSameBytes) {
+  std::vector<Spec> specs = {{"a", {3}}, {"big", {3u << 20}}, {"mid", {700000}}, {"z", {5}}};
+  std::string data;
+  std::string bytes = build(specs, &data);
+  std::string path = sttest::temp_path("engine_huge");
+  ASSERT_TRUE(sttest::write_bytes(path, bytes));
+  for (Kind kind : {Kind::kMmap, Kind::kPread}) {
+    Opened o;
+    open_kind(kind, path, bytes, &o);
+    // Fresh anonymous memory, 2 MiB-aligned at an odd offset, as a big
+    // torch.empty would be.
+    const size_t total = data.size() + (8u << 20);
+    void *raw = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(raw, MAP_FAILED);
+    auto *dst = static_cast<unsigned char *>(raw) + 4096 + 64;
+    st_plan *plan = nullptr;
+    ASSERT_EQ(st_plan_new(o.f, nullptr, &plan, nullptr), ST_OK);
+    size_t off = 0;
+    for (size_t i = 0; i < st_tensor_count(o.f); i++) {
+      st_tensor_info ti;
+      ASSERT_EQ(st_tensor_get(o.f, i, &ti), ST_OK);
+      ASSERT_EQ(st_plan_add_tensor(plan, i, dst + off, ti.data_end - ti.data_begin, nullptr), ST_OK);
+      off += ti.data_end - ti.data_begin + 128;  // not contiguous: one entry each
+    }
+    st_exec_options eo;
+    st_exec_options_init(&eo);
+    eo.flags = ST_EXEC_HUGEPAGES;
+    eo.threads = 2;
+    eo.chunk_size = 1 << 20;  // chunk edges inside the big entry
+    st_error err;
+    ASSERT_EQ(st_plan_execute(plan, &eo, nullptr, &err), ST_OK) << err.message;
+    off = 0;
+    for (size_t i = 0; i < st_tensor_count(o.f); i++) {
+      st_tensor_info ti;
+      ASSERT_EQ(st_tensor_get(o.f, i, &ti), ST_OK);
+      size_t n = ti.data_end - ti.data_begin;
+      EXPECT_EQ(0, std::memcmp(dst + off, data.data() + ti.data_begin, n)) << ti.name;
+      off += n + 128;
+    }
+    // Where the kernel offers huge pages on advice, the big entry got them.
+    std::string mode;
+    if (FILE *fp = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r")) {
+      char buf[128] = {0};
+      if (std::fgets(buf, sizeof buf, fp) != nullptr) mode = buf;
+      std::fclose(fp);
+    }
+    long kb = huge_kb_at(dst + (4u << 20));
+    if (!mode.empty() && mode.back() == '\n') mode.pop_back();
+    std::printf("[ info ] THP mode \"%s\": AnonHugePages of the destination: %ld kB\n",
+                mode.c_str(), kb);
+    if (mode.find("[never]") == std::string::npos && kb >= 0) {
+      EXPECT_GT(kb, 0);
+    }
+    st_plan_free(plan);
+    munmap(raw, total);
+  }
   std::remove(path.c_str());
 }
 

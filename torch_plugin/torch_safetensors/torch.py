@@ -190,7 +190,9 @@ def _read_owned(f: "_C.File", items: List[Tuple[int, tuple]],
     if len(plan) == 1 and plan[0][2] < (8 << 20):
         f.read_into(*plan[0])  # not worth a thread pool
     elif plan:
-        f.read_many(plan)
+        # The destinations were just allocated: huge pages for the big ones
+        # (pinned memory is page-locked already, so only for pageable).
+        f.read_many(plan, flags=0 if pin else _C.EXEC_HUGEPAGES)
     return out
 
 

@@ -191,6 +191,23 @@ def test_read_many_parallel_copy(sample):
         assert 1 <= stats["threads_used"] <= 2 and stats["chunks"] >= 1
 
 
+def test_read_many_engine_flags(tmp_path):
+    big = np.random.default_rng(3).integers(0, 255, 5 << 20, dtype=np.uint8)
+    w = _C.Writer()
+    w.add_tensor("big", "U8", big.shape, big)
+    path = str(tmp_path / "big.safetensors")
+    w.write_path(path, fsync=False)
+    for backend in ("mmap", "pread"):
+        with _C.File(path, backend=backend) as f:
+            for flags in (0, _C.EXEC_HUGEPAGES, _C.EXEC_NO_PREFAULT,
+                          _C.EXEC_HUGEPAGES | _C.EXEC_DIRECT):
+                out = np.zeros_like(big)
+                f.read_many([(0, out.ctypes.data, out.nbytes)], flags=flags)
+                assert np.array_equal(out, big), (backend, flags)
+            with pytest.raises(ValueError, match="unknown engine flags"):
+                f.read_many([(0, out.ctypes.data, out.nbytes)], flags=0x100)
+
+
 def test_read_many_slices_count_only_their_bytes(tmp_path):
     m = np.arange(64 * 48, dtype=np.float32).reshape(64, 48)
     w = _C.Writer()
