@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -17,6 +18,8 @@
 
 #define ENGINE_DEFAULT_CHUNK (8u << 20)
 #define ENGINE_MIN_CHUNK (64u << 10)
+/* Below this a populate call costs more than the faults it saves. */
+#define ENGINE_MIN_PREFAULT (16u << 10)
 #define ENGINE_MAX_THREADS 256u
 
 typedef struct plan_entry {
@@ -309,6 +312,31 @@ static st_status direct_read(engine_run *r, unsigned char *bounce, uint64_t cap,
   return ST_OK;
 }
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
+/* A batch of small entries (the rows of a strided slice, small tensors)
+ * mostly fills contiguous stretches of the destination: each stretch is
+ * populated in one call, as a big entry is, instead of a fault per page. */
+static void batch_prefault(const engine_run *r, const work_item *w) {
+  if (r->flags & ST_EXEC_NO_PREFAULT) return;
+  const plan_entry *e = &r->plan->entries[w->first];
+  size_t run = 0;
+  uint64_t run_len = e[0].len;
+  for (size_t k = 1; k <= w->count; k++) {
+    if (k < w->count && e[k - 1].dst + e[k - 1].len == e[k].dst) {
+      run_len += e[k].len;
+      continue;
+    }
+    if (run_len >= ENGINE_MIN_PREFAULT) prefault(e[run].dst, run_len, MADV_POPULATE_WRITE);
+    if (k < w->count) {
+      run = k;
+      run_len = e[k].len;
+    }
+  }
+}
+
 static void *engine_worker(void *arg) {
   engine_run *r = arg;
   unsigned char *raw = NULL, *bounce = NULL;
@@ -331,6 +359,7 @@ static void *engine_worker(void *arg) {
     const work_item *w = &r->items[i];
     st_status s = ST_OK;
     st_error e2;
+    if (w->count > 1) batch_prefault(r, w);
     for (size_t k = 0; k < w->count && s == ST_OK; k++) {
       const plan_entry *e = &r->plan->entries[w->first + k];
       uint64_t off = w->count == 1 ? w->off : 0;
