@@ -42,6 +42,7 @@ Deliberate differences from the reference (all stricter or fixes):
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import re
 from typing import (Any, Dict, Iterable, List, Optional, Set, Tuple, Union,
@@ -181,9 +182,17 @@ def _empty_for(info: tuple, pin: bool = False) -> torch.Tensor:
     return torch.empty(tshape, dtype=tdtype, pin_memory=pin)
 
 
+#: Owned loads put tensors smaller than this in one shared allocation.
+_ARENA_MAX_TENSOR = 1 << 20
+#: ... when there are at least this many of them.
+_ARENA_MIN_COUNT = 16
+
+
 def _read_owned(f: "_C.File", items: List[Tuple[int, tuple]],
                 pin: bool = False) -> List[torch.Tensor]:
     """Owned tensors, all read by one parallel plan of the copy engine."""
+    if not pin and len(items) >= _ARENA_MIN_COUNT:
+        return _read_owned_arena(f, items)
     out = [_empty_for(info, pin) for _, info in items]
     plan = [(i, t.data_ptr(), info[4] - info[3])
             for (i, info), t in zip(items, out) if info[4] > info[3]]
@@ -194,6 +203,57 @@ def _read_owned(f: "_C.File", items: List[Tuple[int, tuple]],
         # (pinned memory is page-locked already, so only for pageable).
         f.read_many(plan, flags=0 if pin else _C.EXEC_HUGEPAGES)
     return out
+
+
+def _read_owned_arena(f: "_C.File",
+                      items: List[Tuple[int, tuple]]) -> List[torch.Tensor]:
+    """_read_owned for many tensors: the small ones (under
+    _ARENA_MAX_TENSOR) are laid out in one private anonymous mapping in file
+    order, so that neighbours in the file are neighbours in memory and the
+    engine reads each run of them as one range. Each tensor still has its
+    own storage of exactly its bytes (torch.frombuffer); the mapping is freed
+    with the last of them. A torch.empty per tensor costs ~2.3 us, a
+    frombuffer ~0.9 us: with 10,000 small tensors that is most of a load."""
+    to_torch = _dtypes.TO_TORCH
+    reshaped = _dtypes.RESHAPED
+    out: List[Optional[torch.Tensor]] = [None] * len(items)
+    plan = []
+    small = []
+    for slot, (i, info) in enumerate(items):
+        name, dtype, shape, begin, end = info
+        n = end - begin
+        if (0 < n < _ARENA_MAX_TENSOR and dtype not in reshaped
+                and to_torch.get(dtype) is not None):
+            small.append((slot, i, info))
+            continue
+        t = _empty_for(info)
+        out[slot] = t
+        if n:
+            plan.append((i, t.data_ptr(), n))
+    if small:
+        offsets = []
+        cursor = 0
+        prev_end = -1
+        for _, _, info in small:
+            if info[3] != prev_end:  # a new run of neighbours starts aligned
+                cursor = (cursor + 63) & ~63
+            offsets.append(cursor)
+            cursor += info[4] - info[3]
+            prev_end = info[4]
+        arena = mmap.mmap(-1, cursor, flags=mmap.MAP_PRIVATE)
+        frombuffer = torch.frombuffer
+        base = frombuffer(arena, dtype=torch.uint8, count=1).data_ptr()
+        for (slot, i, info), off in zip(small, offsets):
+            name, dtype, shape, begin, end = info
+            tdtype = to_torch[dtype]
+            t = frombuffer(arena, dtype=tdtype,
+                           count=(end - begin) // tdtype.itemsize, offset=off)
+            out[slot] = t if len(shape) == 1 else t.view(shape)
+            plan.append((i, base + off, end - begin))
+        del arena  # the tensors hold it
+    if plan:
+        f.read_many(plan, flags=_C.EXEC_HUGEPAGES)
+    return out  # type: ignore[return-value]
 
 
 def _pin() -> bool:

@@ -173,3 +173,74 @@ def test_cuda_load_and_save(model_file, tmp_path):  # pragma: no cover
     out = str(tmp_path / "from_cuda.safetensors")
     st.save_file({k: v.cuda() for k, v in tensors.items()}, out)
     assert_same_dict(tensors, st.load_file(out))
+
+
+def _mapping_at(addr: int):
+    """(start, end, path) of this process's mapping holding addr, or None."""
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            parts = line.split(None, 5)
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if lo <= addr < hi:
+                return lo, hi, parts[5].strip() if len(parts) == 6 else ""
+    return None
+
+
+@pytest.mark.parametrize("loader", ["pread", "bytes", "torch.load"])
+def test_owned_loads_of_many_small_tensors(tmp_path, loader):
+    """Owned loads put the small tensors of a file in one allocation (the
+    engine reads neighbours as one range) yet give each its own storage:
+    every dtype, scalars, N-D shapes, empty tensors, and big tensors in
+    between, which keep their own allocation."""
+    from _ahelpers import DTYPES, assert_same, rand
+
+    tensors = {}
+    k = 0
+    for rep in range(3):
+        for name, dt in DTYPES:
+            for shape in [(), (7,), (3, 5), (2, 3, 4), (0, 3)]:
+                if name == "F4" and shape in [(), (7,)]:
+                    continue
+                tensors[f"t{k:03d}.{name}"] = rand(dt, shape, seed=k)
+                k += 1
+        tensors[f"big{rep}"] = torch.randn(300, 1000)  # 1.2 MB: its own
+    path = str(tmp_path / "small.safetensors")
+    st.save_file(tensors, path)
+    collect()
+    if loader == "pread":
+        loaded = st.load_file(path, backend="pread")
+    elif loader == "bytes":
+        loaded = st.load(open(path, "rb").read())
+    else:
+        loaded = torch.load(path, mmap=False)
+    assert mappings_of(path) == []
+    assert_same_dict(tensors, loaded)
+    ptrs = {}
+    for name, t in loaded.items():
+        nbytes = t.numel() * t.element_size()
+        assert t.untyped_storage().nbytes() == nbytes, name
+        assert t.is_contiguous() and t.storage_offset() == 0, name
+        if nbytes:
+            ptrs[name] = t.data_ptr()
+    # Writable and independent: filling one leaves its neighbours alone.
+    names = [n for n in tensors if n.startswith("t") and loaded[n].numel()]
+    victim = names[len(names) // 2]
+    loaded[victim].view(torch.uint8).fill_(0xA5) if loaded[victim].dtype not in (
+        torch.bool,) else loaded[victim].fill_(True)
+    for n in names:
+        if n != victim:
+            assert_same(tensors[n], loaded[n])
+    # The small tensors share one anonymous mapping, freed with the last of
+    # them; the big ones are elsewhere (and F4, whose torch shape differs).
+    small = sorted(ptrs[n] for n in names if not n.endswith(".F4"))
+    arena = _mapping_at(small[0])
+    assert arena is not None and arena[2] == ""
+    assert all(arena[0] <= p < arena[1] for p in small)
+    assert not any(arena[0] <= ptrs[n] < arena[1] for n in ptrs if n.startswith("big"))
+    keep = loaded[names[-1]]
+    del loaded
+    collect()
+    assert _mapping_at(small[0]) == arena  # one tensor still holds it
+    del keep
+    collect()
+    assert _mapping_at(small[0]) != arena
