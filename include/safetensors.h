@@ -523,13 +523,24 @@ ST_API st_status st_writer_size(st_writer *writer, uint64_t *size,
 /* Flags for st_writer_write_path. */
 #define ST_WRITE_NO_FSYNC 0x1u  /* skip fsync of file and directory (tests,
                                    scratch files); rename stays atomic */
+#define ST_WRITE_DIRECT 0x2u    /* write the temporary file with O_DIRECT
+                                   (page cache bypassed: a big checkpoint does
+                                   not evict it, and fsync has little left to
+                                   flush); where the filesystem refuses
+                                   O_DIRECT the write is buffered, silently,
+                                   with the same bytes. Extra memory: one
+                                   bounce buffer of at most 8 MiB. */
 
 /** Writes the file durably: a temporary file in the same directory
  *  (anonymous, O_TMPFILE, while the data is written; named just before the
  *  rename), every byte written, fsync, rename over path, fsync of the
  *  directory. On failure the old file at path is untouched and no temporary
  *  file remains; temp files of writers killed mid-save are removed by the
- *  next save of the same path.
+ *  next save of the same path. flags: ST_WRITE_* (0: durable, buffered).
+ *  With ST_WRITE_DIRECT the data passes through an aligned bounce buffer and
+ *  the last partial block is written buffered; a filesystem that refuses
+ *  O_DIRECT (at open or at a write) gets buffered writes instead, and the
+ *  bytes are the same either way.
  *  The caller should ignore SIGXFSZ so a file-size limit is ST_ERR_IO (EFBIG)
  *  rather than a signal.
  *  Statuses: ST_ERR_IO, ST_ERR_CALLBACK, ST_ERR_NOMEM, those of

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 #if defined(__linux__)
@@ -30,6 +31,19 @@
  * decorated name stays under NAME_MAX. */
 #define ST_TMP_BASE_MAX 160u
 #define ST_TMP_ATTEMPTS 64
+/* Pieces per pwritev call (Linux's UIO_MAXIOV). */
+#if defined(IOV_MAX) && IOV_MAX < 1024
+#define ST_IOV_MAX IOV_MAX
+#else
+#define ST_IOV_MAX 1024
+#endif
+/* O_DIRECT alignment of memory, offsets and lengths: the page size, which
+ * covers every common device (statx's STATX_DIOALIGN would tell exactly, but
+ * glibc 2.36's struct statx lacks the fields). A device that wants more
+ * refuses the write with EINVAL and gets buffered writes instead. */
+#define ST_DIRECT_ALIGN ((size_t)4096)
+/* Each O_DIRECT bounce buffer; a multiple of ST_DIRECT_ALIGN. */
+#define ST_DIRECT_BUF ((size_t)8 << 20)
 
 static int libc_open(const char *path, int flags, mode_t mode) {
   return open(path, flags, mode);
@@ -65,11 +79,22 @@ static int libc_link_fd(int fd, const char *path) {
 
 static const st__io_hooks libc_hooks = {
     libc_open, pwrite, write, fsync, close, rename, unlink, libc_fallocate, libc_link_fd,
+    pwritev,
 };
 
 static st__io_hooks hooks = {
     libc_open, pwrite, write, fsync, close, rename, unlink, libc_fallocate, libc_link_fd,
+    pwritev,
 };
+
+/* A gathered write for hook tables that hook pwrite only: the first
+ * non-empty piece, one call; st__pwritev_all loops for the rest. */
+static ssize_t pwritev_via_pwrite(int fd, const struct iovec *iov, int n, off_t off) {
+  for (int i = 0; i < n; i++) {
+    if (iov[i].iov_len > 0) return hooks.pwrite_fn(fd, iov[i].iov_base, iov[i].iov_len, off);
+  }
+  return 0;
+}
 
 void st__io_set_hooks(const st__io_hooks *h) {
   if (h == NULL) {
@@ -86,6 +111,11 @@ void st__io_set_hooks(const st__io_hooks *h) {
   hooks.fallocate_fn =
       h->fallocate_fn != NULL ? h->fallocate_fn : libc_hooks.fallocate_fn;
   hooks.link_fd_fn = h->link_fd_fn != NULL ? h->link_fd_fn : libc_hooks.link_fd_fn;
+  if (h->pwritev_fn != NULL) {
+    hooks.pwritev_fn = h->pwritev_fn;
+  } else {
+    hooks.pwritev_fn = h->pwrite_fn != NULL ? pwritev_via_pwrite : libc_hooks.pwritev_fn;
+  }
 }
 
 /* Largest value an off_t holds, whatever its width. */
@@ -129,6 +159,64 @@ int st__pwrite_all(int fd, const void *buf, size_t len, uint64_t off) {
   return 0;
 }
 
+int st__pwritev_all(int fd, struct iovec *iov, int n, uint64_t off,
+                    uint64_t *at) {
+  uint64_t end = off;
+  *at = off;
+  for (int i = 0; i < n; i++) {
+    if (st__add_overflow_u64(end, iov[i].iov_len, &end)) return EFBIG;
+  }
+  if (end > off_max()) return EFBIG;
+  int i = 0;
+  while (i < n) {
+    if (iov[i].iov_len == 0) {
+      i++;
+      continue;
+    }
+    /* At most 1 GiB per call, so the total always fits an ssize_t. */
+    struct iovec one;
+    const struct iovec *v = iov + i;
+    int cnt = 0;
+    if (iov[i].iov_len > ST_IO_MAX_CHUNK) {
+      one.iov_base = iov[i].iov_base;
+      one.iov_len = ST_IO_MAX_CHUNK;
+      v = &one;
+      cnt = 1;
+    } else {
+      size_t bytes = 0;
+      while (i + cnt < n && cnt < ST_IOV_MAX &&
+             iov[i + cnt].iov_len <= ST_IO_MAX_CHUNK - bytes) {
+        bytes += iov[i + cnt].iov_len;
+        cnt++;
+      }
+    }
+    ssize_t r = hooks.pwritev_fn(fd, v, cnt, (off_t)off);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      *at = off;
+      return errno != 0 ? errno : EIO;
+    }
+    if (r == 0) {
+      *at = off;
+      return EIO;
+    }
+    size_t done = (size_t)r;
+    off += done;
+    while (done > 0 && i < n) {
+      if (done >= iov[i].iov_len) {
+        done -= iov[i].iov_len;
+        iov[i].iov_len = 0;
+        i++;
+      } else {
+        iov[i].iov_base = (char *)iov[i].iov_base + done;
+        iov[i].iov_len -= done;
+        done = 0;
+      }
+    }
+  }
+  return 0;
+}
+
 static uint64_t mix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -154,20 +242,46 @@ uint64_t st__random_u64(void) {
 
 /* --- sinks ---------------------------------------------------------------- */
 
+static int finish_nothing(st__sink *sink, uint64_t *at) {
+  (void)sink;
+  (void)at;
+  return 0;
+}
+
+/* Gathered positioned writes straight from the caller's memory. */
 typedef struct {
+  st__sink base;
   int fd;
   uint64_t off;
 } pwrite_sink;
 
-static int put_pwrite(void *sink, const void *buf, size_t len) {
-  pwrite_sink *s = sink;
-  int e = st__pwrite_all(s->fd, buf, len, s->off);
+static int putv_pwrite(st__sink *sink, struct iovec *iov, int n, uint64_t *at) {
+  pwrite_sink *s = (pwrite_sink *)(void *)sink;
+  uint64_t len = 0;
+  for (int i = 0; i < n; i++) len += iov[i].iov_len;
+  int e = st__pwritev_all(s->fd, iov, n, s->off, at);
   if (e == 0) s->off += len;
   return e;
 }
 
-static int put_write(void *sink, const void *buf, size_t len) {
-  return st__write_all(*(int *)sink, buf, len);
+/* A descriptor at its own position: plain writes, piece by piece. */
+typedef struct {
+  st__sink base;
+  int fd;
+  uint64_t off; /* bytes written so far, for error offsets */
+} write_sink;
+
+static int putv_write(st__sink *sink, struct iovec *iov, int n, uint64_t *at) {
+  write_sink *s = (write_sink *)(void *)sink;
+  for (int i = 0; i < n; i++) {
+    int e = st__write_all(s->fd, iov[i].iov_base, iov[i].iov_len);
+    if (e != 0) {
+      *at = s->off;
+      return e;
+    }
+    s->off += iov[i].iov_len;
+  }
+  return 0;
 }
 
 st_status st__write_fd(int fd, st__emit_fn emit, void *ctx, st_error *err) {
@@ -175,7 +289,84 @@ st_status st__write_fd(int fd, st__emit_fn emit, void *ctx, st_error *err) {
     return st__fail(err, ST_ERR_INVALID_ARGUMENT, "negative file descriptor",
                     ST_NO_OFFSET, NULL, 0, 0);
   }
-  return emit(ctx, put_write, &fd, err);
+  write_sink s = {{putv_write, finish_nothing}, fd, 0};
+  return emit(ctx, &s.base, err);
+}
+
+/* O_DIRECT: the bytes are copied into an aligned bounce buffer and written
+ * a full buffer at a time, so every write but the last is aligned in
+ * memory, offset and length. The last partial block goes out buffered. */
+typedef struct {
+  st__sink base;
+  int fd;
+  bool direct;        /* O_DIRECT still set on fd */
+  unsigned char *buf; /* ST_DIRECT_ALIGN-aligned, cap bytes */
+  size_t cap;         /* a multiple of ST_DIRECT_ALIGN */
+  size_t fill;
+  uint64_t off;       /* file offset of buf[0]: a multiple of cap */
+} direct_sink;
+
+/* Turns O_DIRECT off for the rest of the file. Returns 0 or an errno value. */
+static int drop_direct(direct_sink *s) {
+  if (!s->direct) return 0;
+  int fl = fcntl(s->fd, F_GETFL);
+  if (fl < 0 || fcntl(s->fd, F_SETFL, fl & ~O_DIRECT) != 0) return errno != 0 ? errno : EIO;
+  s->direct = false;
+  return 0;
+}
+
+static int direct_write(direct_sink *s, const unsigned char *p, size_t len, uint64_t off,
+                        uint64_t *at) {
+  *at = off;
+  int e = st__pwrite_all(s->fd, p, len, off);
+  /* EINVAL from a direct write: the filesystem wants another alignment or
+   * no O_DIRECT at all. The same bytes at the same offsets, buffered. A
+   * short write before the EINVAL left bytes that are rewritten alike. */
+  if (e == EINVAL && s->direct) {
+    e = drop_direct(s);
+    if (e == 0) e = st__pwrite_all(s->fd, p, len, off);
+  }
+  return e;
+}
+
+static int putv_direct(st__sink *sink, struct iovec *iov, int n, uint64_t *at) {
+  direct_sink *s = (direct_sink *)(void *)sink;
+  for (int i = 0; i < n; i++) {
+    const unsigned char *p = iov[i].iov_base;
+    size_t len = iov[i].iov_len;
+    while (len > 0) {
+      size_t k = s->cap - s->fill < len ? s->cap - s->fill : len;
+      memcpy(s->buf + s->fill, p, k);
+      s->fill += k;
+      p += k;
+      len -= k;
+      if (s->fill == s->cap) {
+        int e = direct_write(s, s->buf, s->cap, s->off, at);
+        if (e != 0) return e;
+        s->off += s->cap;
+        s->fill = 0;
+      }
+    }
+  }
+  return 0;
+}
+
+static int finish_direct(st__sink *sink, uint64_t *at) {
+  direct_sink *s = (direct_sink *)(void *)sink;
+  size_t whole = s->fill & ~(ST_DIRECT_ALIGN - 1), tail = s->fill - whole;
+  if (whole > 0) {
+    int e = direct_write(s, s->buf, whole, s->off, at);
+    if (e != 0) return e;
+  }
+  if (tail > 0) {
+    *at = s->off + whole;
+    int e = drop_direct(s);
+    if (e == 0) e = st__pwrite_all(s->fd, s->buf + whole, tail, s->off + whole);
+    if (e != 0) return e;
+  }
+  s->off += s->fill;
+  s->fill = 0;
+  return 0;
 }
 
 /* --- durable commit ------------------------------------------------------- */
@@ -246,6 +437,26 @@ static void sweep_stale(const char *dir, const char *base, size_t keep) {
   closedir(d);
 }
 
+/* Opens a temp file, with O_DIRECT when *direct; where the filesystem
+ * refuses O_DIRECT (EINVAL) it opens buffered and clears *direct. Linux may
+ * create a named file before refusing O_DIRECT, so created (an O_EXCL open
+ * of a fresh random name) removes it before the buffered retry. */
+static int open_temp(const char *p, int oflags, bool *direct, bool created) {
+  int fd;
+  if (*direct) {
+    do {
+      fd = hooks.open_fn(p, oflags | O_DIRECT, 0666);
+    } while (fd < 0 && errno == EINTR);
+    if (fd >= 0 || errno != EINVAL) return fd;
+    if (created) hooks.unlink_fn(p);
+    *direct = false;
+  }
+  do {
+    fd = hooks.open_fn(p, oflags, 0666);
+  } while (fd < 0 && errno == EINTR);
+  return fd;
+}
+
 st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
                           const st_allocator *alloc, st__emit_fn emit,
                           void *ctx, st_error *err) {
@@ -282,15 +493,32 @@ st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
   }
   sweep_stale(dir, base, keep);
 
+  /* O_DIRECT: the bounce buffer is allocated before any file exists, and
+   * never exceeds the file rounded up to a block. */
+  bool want_direct = (flags & ST_WRITE_DIRECT) != 0, direct = false;
+  void *bounce_raw = NULL;
+  direct_sink ds;
+  memset(&ds, 0, sizeof ds);
+  if (want_direct) {
+    uint64_t want = size + (ST_DIRECT_ALIGN - 1);
+    ds.cap = want < ST_DIRECT_BUF ? (size_t)want & ~(ST_DIRECT_ALIGN - 1) : ST_DIRECT_BUF;
+    bounce_raw = st__malloc(alloc, ds.cap + ST_DIRECT_ALIGN);
+    if (bounce_raw == NULL) {
+      st__free(alloc, tmp);
+      return st__fail(err, ST_ERR_NOMEM, NULL, ST_NO_OFFSET, NULL, 0, 0);
+    }
+    uintptr_t a = ((uintptr_t)bounce_raw + (ST_DIRECT_ALIGN - 1)) & ~(uintptr_t)(ST_DIRECT_ALIGN - 1);
+    ds.buf = (unsigned char *)a;
+  }
+
   /* The data goes into an anonymous file, so a writer killed while writing
    * leaves nothing behind; it gets a name only just before the rename. */
   bool named = false;
-  int fd;
-  do {
-    fd = hooks.open_fn(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0666);
-  } while (fd < 0 && errno == EINTR);
+  direct = want_direct;
+  int fd = open_temp(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, &direct, false);
   if (fd < 0 && errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
     st_status s = io_fail(err, "cannot create the temporary file", path, errno);
+    st__free(alloc, bounce_raw);
     st__free(alloc, tmp);
     return s;
   }
@@ -298,7 +526,8 @@ st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
     /* No O_TMPFILE here: a named temp file. 0666: the umask applies, as for
      * any newly created file. */
     temp_name(tmp, cap, path, dir_len, base, keep);
-    fd = hooks.open_fn(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0666);
+    direct = want_direct;
+    fd = open_temp(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, &direct, true);
     if (fd >= 0) {
       named = true;
       break;
@@ -306,6 +535,7 @@ st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
     if (errno == EINTR) continue;
     if (errno != EEXIST || attempt + 1 >= ST_TMP_ATTEMPTS) {
       st_status s = io_fail(err, "cannot create the temporary file", path, errno);
+      st__free(alloc, bounce_raw);
       st__free(alloc, tmp);
       return s;
     }
@@ -318,8 +548,16 @@ st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
     goto fail;
   }
 
-  pwrite_sink sink = {fd, 0};
-  s = emit(ctx, put_pwrite, &sink, err);
+  pwrite_sink ps = {{putv_pwrite, finish_nothing}, fd, 0};
+  st__sink *sink = &ps.base;
+  if (direct) {
+    ds.base.putv = putv_direct;
+    ds.base.finish = finish_direct;
+    ds.fd = fd;
+    ds.direct = true;
+    sink = &ds.base;
+  }
+  s = emit(ctx, sink, err);
   if (s != ST_OK) goto fail;
 
   if ((flags & ST_WRITE_NO_FSYNC) == 0) {
@@ -360,10 +598,12 @@ st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
     e = fsync_dir(dir);
     if (e != 0) {
       s = io_fail(err, "fsync of the directory failed", path, e);
+      st__free(alloc, bounce_raw);
       st__free(alloc, tmp);
       return s;
     }
   }
+  st__free(alloc, bounce_raw);
   st__free(alloc, tmp);
   st__ok(err);
   return ST_OK;
@@ -371,6 +611,7 @@ st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
 fail:
   if (fd >= 0) hooks.close_fn(fd);
   if (named) hooks.unlink_fn(tmp);
+  st__free(alloc, bounce_raw);
   st__free(alloc, tmp);
   return s;
 }

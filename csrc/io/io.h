@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "safetensors.h"
 
@@ -17,7 +18,10 @@ extern "C" {
 
 /* The system calls of the save path. fallocate_fn returns 0 or an errno
  * value (posix_fallocate's convention); the others follow libc (-1 and
- * errno). A NULL member means the libc function. */
+ * errno). A NULL member means the libc function, except pwritev_fn: NULL
+ * with a non-NULL pwrite_fn sends gathered writes through pwrite_fn, one
+ * piece per call, so a table that hooks only pwrite still sees every
+ * positioned write. */
 typedef struct st__io_hooks {
   int (*open_fn)(const char *path, int flags, mode_t mode);
   ssize_t (*pwrite_fn)(int fd, const void *buf, size_t len, off_t off);
@@ -30,6 +34,7 @@ typedef struct st__io_hooks {
   /* Gives the anonymous (O_TMPFILE) file open as fd the name path; libc
    * convention. */
   int (*link_fd_fn)(int fd, const char *path);
+  ssize_t (*pwritev_fn)(int fd, const struct iovec *iov, int n, off_t off);
 } st__io_hooks;
 
 /* TEST-ONLY: replaces the system calls of the save path for the whole
@@ -46,22 +51,41 @@ int st__write_all(int fd, const void *buf, size_t len);
  * Returns 0 or an errno value. */
 int st__pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
 
+/* Writes the n pieces of iov back to back from file offset off, in calls of
+ * at most IOV_MAX pieces and 1 GiB, retrying EINTR and short writes; iov is
+ * consumed (its entries are advanced). Returns 0 or an errno value, with *at
+ * the file offset where the failed call began. */
+int st__pwritev_all(int fd, struct iovec *iov, int n, uint64_t off,
+                    uint64_t *at);
+
 /* 64 unpredictable-enough bits (seeds and temp-file names, not crypto). */
 uint64_t st__random_u64(void);
 
-/* Receives the file's bytes in order. Returns 0 or an errno value. */
-typedef int (*st__put_fn)(void *sink, const void *buf, size_t len);
+/* Receives the file's bytes in order. */
+typedef struct st__sink st__sink;
+struct st__sink {
+  /* Takes the n pieces of iov (which it may modify) after every earlier
+   * byte; their memory may be reused as soon as it returns. Returns 0 or an
+   * errno value, with *at the file offset of the write that failed. */
+  int (*putv)(st__sink *sink, struct iovec *iov, int n, uint64_t *at);
+  /* Writes out whatever the sink still holds; called once, after the last
+   * putv. Same return convention. */
+  int (*finish)(st__sink *sink, uint64_t *at);
+};
 
-/* Produces the whole file through put, in order; fills err and returns its
- * status on failure (ST_ERR_IO from put, ST_ERR_CALLBACK, ...). */
-typedef st_status (*st__emit_fn)(void *ctx, st__put_fn put, void *sink,
-                                 st_error *err);
+/* Produces the whole file through sink, in order, then finishes it; fills
+ * err and returns its status on failure (ST_ERR_IO from the sink,
+ * ST_ERR_CALLBACK, ...). */
+typedef st_status (*st__emit_fn)(void *ctx, st__sink *sink, st_error *err);
 
 /* Writes size bytes produced by emit durably to path: an anonymous file in
  * the target's directory (O_TMPFILE; a named temp file where the filesystem
  * lacks it), fsync (unless ST_WRITE_NO_FSYNC), a temp name linked in, close,
- * rename over path, directory fsync. Temp files that a killed writer left
- * (their pid no longer runs) are swept first. On failure the temp file is removed and path is untouched (except
+ * rename over path, directory fsync. With ST_WRITE_DIRECT the temp file is
+ * opened with O_DIRECT and written through an aligned bounce buffer
+ * (buffered where the filesystem refuses O_DIRECT). Temp files that a killed
+ * writer left (their pid no longer runs) are swept first. On failure the temp
+ * file is removed and path is untouched (except
  * when only the final directory fsync fails: the new file is then in place
  * but its durability is unknown, and ST_ERR_IO is still returned). */
 st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,

@@ -297,7 +297,7 @@ bool save_in_child(const std::string &path, const std::string &data, long kill_a
   if (pid == 0) {
     g_kill_at = kill_at;
     st__io_hooks h = {k_open,   k_pwrite, k_write,     k_fsync, k_close,
-                      k_rename, k_unlink, k_fallocate, k_link};
+                      k_rename, k_unlink, k_fallocate, k_link, nullptr};
     st__io_set_hooks(&h);
     st_writer *w = nullptr;
     if (st_writer_new(nullptr, &w, nullptr) != ST_OK) _exit(2);

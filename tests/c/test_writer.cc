@@ -948,7 +948,7 @@ int h_link(int fd, const char *path) {
 }
 
 const st__io_hooks kHooks = {h_open,  h_pwrite,  h_write,     h_fsync, h_close,
-                             h_rename, h_unlink, h_fallocate, h_link};
+                             h_rename, h_unlink, h_fallocate, h_link, nullptr};
 
 class WriterFaults : public ::testing::Test {
  protected:
