@@ -1279,14 +1279,14 @@ static PyObject *Writer_size(WriterObject *self, PyObject *Py_UNUSED(ign)) {
 
 static PyObject *Writer_write_path(WriterObject *self, PyObject *args,
                                    PyObject *kwds) {
-  static char *kwlist[] = {"path", "fsync", NULL};
+  static char *kwlist[] = {"path", "fsync", "direct", NULL};
   PyObject *path = NULL, *pathobj;
-  int fsync_ = 1;
+  int fsync_ = 1, direct = 0;
   st_error err;
   st_status rc;
   st_writer *w;
-  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p", kwlist, &pathobj,
-                                   &fsync_))
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp", kwlist, &pathobj,
+                                   &fsync_, &direct))
     return NULL;
   if (writer_check(self) < 0)
     return NULL;
@@ -1297,7 +1297,8 @@ static PyObject *Writer_write_path(WriterObject *self, PyObject *args,
   self->busy = 1;
   {
     const char *p = PyBytes_AS_STRING(path);
-    uint32_t flags = fsync_ ? 0u : ST_WRITE_NO_FSYNC;
+    uint32_t flags = (fsync_ ? 0u : ST_WRITE_NO_FSYNC) |
+                     (direct ? ST_WRITE_DIRECT : 0u);
     Py_BEGIN_ALLOW_THREADS
     rc = st_writer_write_path(w, p, flags, &err);
     Py_END_ALLOW_THREADS
@@ -1390,7 +1391,8 @@ static PyMethodDef Writer_methods[] = {
      "size() -> bytes the file will have."},
     {"write_path", (PyCFunction)(void (*)(void))Writer_write_path,
      METH_VARARGS | METH_KEYWORDS,
-     "write_path(path, fsync=True): durable, atomic write."},
+     "write_path(path, fsync=True, direct=False): durable, atomic write;\n"
+     "direct: O_DIRECT (the page cache is bypassed)."},
     {"write_fd", (PyCFunction)Writer_write_fd, METH_O,
      "write_fd(fd): writes at the descriptor's position."},
     {"to_bytes", (PyCFunction)Writer_to_bytes, METH_NOARGS,
