@@ -564,6 +564,43 @@ static PyObject *File_tensors(FileObject *self, PyObject *Py_UNUSED(ignored)) {
   return list;
 }
 
+/* names(sorted=True): the tensor names in name order (byte-wise, which is
+ * code-point order for UTF-8, i.e. Python's sorted()) or in file order;
+ * built here so that listing a file costs no per-tensor Python work. */
+static PyObject *File_names(FileObject *self, PyObject *args, PyObject *kwds) {
+  static char *kwlist[] = {"sorted", NULL};
+  int by_name = 1;
+  size_t n, k;
+  PyObject *list;
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "|p", kwlist, &by_name))
+    return NULL;
+  if (file_check(self) < 0)
+    return NULL;
+  n = st_tensor_count(self->file);
+  list = PyList_New((Py_ssize_t)n);
+  if (list == NULL)
+    return NULL;
+  for (k = 0; k < n; k++) {
+    st_tensor_info ti;
+    size_t i = k;
+    PyObject *name;
+    st_status rc = by_name ? st_tensor_name_order(self->file, k, &i) : ST_OK;
+    if (rc == ST_OK)
+      rc = st_tensor_get(self->file, i, &ti);
+    if (rc != ST_OK) {
+      Py_DECREF(list);
+      return raise_status(rc, NULL, self->name);
+    }
+    name = PyUnicode_DecodeUTF8(ti.name, (Py_ssize_t)ti.name_len, "strict");
+    if (name == NULL) {
+      Py_DECREF(list);
+      return NULL;
+    }
+    PyList_SET_ITEM(list, (Py_ssize_t)k, name);
+  }
+  return list;
+}
+
 static PyObject *File_info(FileObject *self, PyObject *arg) {
   size_t i;
   st_tensor_info ti;
@@ -933,6 +970,9 @@ static PyObject *File_get_name(FileObject *self, void *Py_UNUSED(c)) {
 static PyMethodDef File_methods[] = {
     {"tensors", (PyCFunction)File_tensors, METH_NOARGS,
      "tensors() -> [(name, dtype, shape, begin, end)] in file order."},
+    {"names", (PyCFunction)(void (*)(void))File_names,
+     METH_VARARGS | METH_KEYWORDS,
+     "names(sorted=True) -> [str]: in name order, or in file order."},
     {"info", (PyCFunction)File_info, METH_O,
      "info(index_or_name) -> (name, dtype, shape, begin, end)."},
     {"index", (PyCFunction)File_index, METH_O,

@@ -304,10 +304,24 @@ class safe_open:
         self._device = _parse_device(device)
         self._backend = backend
         self._file = _open(filename, backend=backend, writable=True)
-        self._infos: List[tuple] = self._file.tensors()
-        self._index: Dict[str, int] = {
-            info[0]: k for k, info in enumerate(self._infos)}
+        # Built on first need: listing names or reading one tensor of a
+        # file with a million tensors must not pay a Python object per
+        # tensor (the C core has both orders and a binary search).
+        self._infos_cache: Optional[List[tuple]] = None
+        self._index_cache: Optional[Dict[str, int]] = None
         self._closed = False
+
+    @property
+    def _infos(self) -> List[tuple]:
+        """(name, dtype, shape, begin, end) of every tensor, in file order."""
+        if self._infos_cache is None:
+            self._infos_cache = self._file.tensors()
+        return self._infos_cache
+
+    def _info(self, k: int) -> tuple:
+        if self._infos_cache is not None:
+            return self._infos_cache[k]
+        return self._file.info(k)
 
     # -- context manager ---------------------------------------------------
     def __enter__(self) -> "safe_open":
@@ -333,7 +347,13 @@ class safe_open:
             raise make_error(SafetensorTypeError,
                              f"argument 'name': '{type(name).__name__}' "
                              f"object is not an instance of 'str'")
-        k = self._index.get(name)
+        if self._index_cache is not None:
+            k = self._index_cache.get(name)
+        else:
+            try:
+                k = self._file.index(name)
+            except (KeyError, UnicodeError):
+                k = None
         if k is None:
             raise make_error(SafetensorKeyError,
                              f"File does not contain tensor {name}",
@@ -344,12 +364,12 @@ class safe_open:
     def keys(self) -> List[str]:
         """The tensor names, sorted."""
         self._check_open()
-        return sorted(self._index)
+        return self._file.names()
 
     def offset_keys(self) -> List[str]:
         """The tensor names in the order of their data in the file."""
         self._check_open()
-        return [info[0] for info in self._infos]
+        return self._file.names(sorted=False)
 
     def metadata(self) -> Optional[Dict[str, str]]:
         """The ``__metadata__`` dict, or None when the file has none."""
@@ -358,7 +378,7 @@ class safe_open:
 
     # -- tensors -----------------------------------------------------------
     def _cpu_tensor(self, k: int) -> torch.Tensor:
-        info = self._infos[k]
+        info = self._info(k)
         if self._backend == "mmap":
             return _view_tensor(self._file, k, info)
         return _read_owned(self._file, [(k, info)],
@@ -389,10 +409,10 @@ class safe_open:
     def get_slice(self, name: str) -> "_SafeSlice":
         """A lazy handle: index it (``[a:b, ::2, -1]``) to read a part."""
         k = self._lookup(name)
-        return _SafeSlice(self, k, self._infos[k])
+        return _SafeSlice(self, k, self._info(k))
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._infos)} tensors"
+        state = "closed" if self._closed else f"{self._file.count()} tensors"
         return f"<torch_safetensors.safe_open {self._file.name!r} {state}>"
 
 

@@ -340,3 +340,21 @@ def test_module_tables():
         _C._raise(18, "custom", "t")
     assert ei.value.tensor_name == "t"
     assert isinstance(ei.value, IndexError)  # ST_ERR_INVALID_SLICE
+
+
+def test_names_in_both_orders(tmp_path):
+    """names() lists in name order (what sorted() gives, non-ASCII names
+    included) or in file order, from the C core in one call."""
+    w = _C.Writer()
+    names = ["zeta", "alpha", "é", "\u4e2d", "a\U0001f600", "B", "a.b.0", "a.b.10"]
+    for k, n in enumerate(names):
+        w.add_tensor(n, "U8", (k + 1,), np.arange(k + 1, dtype=np.uint8))
+    path = str(tmp_path / "names.safetensors")
+    w.write_path(path, fsync=False)
+    with _C.File(path) as f:
+        assert f.names() == sorted(names)
+        assert f.names(sorted=True) == sorted(names)
+        assert f.names(sorted=False) == [info[0] for info in f.tensors()]
+        assert sorted(f.names(sorted=False)) == sorted(names)
+    with pytest.raises(Exception):
+        f.names()
