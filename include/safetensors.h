@@ -529,7 +529,12 @@ ST_API st_status st_writer_size(st_writer *writer, uint64_t *size,
                                    flush); where the filesystem refuses
                                    O_DIRECT the write is buffered, silently,
                                    with the same bytes. Extra memory: one
-                                   bounce buffer of at most 8 MiB. */
+                                   bounce buffer of at most 2 MiB; a file
+                                   larger than that gets a second one and a
+                                   writer thread, joined before the call
+                                   returns, that writes each full buffer
+                                   while the calling thread (which runs the
+                                   producer callbacks) fills the other. */
 
 /** Writes the file durably: a temporary file in the same directory
  *  (anonymous, O_TMPFILE, while the data is written; named just before the

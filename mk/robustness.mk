@@ -5,7 +5,8 @@
 #   make fuzz-smoke    each libFuzzer target for FUZZ_SMOKE_SECONDS (make test)
 #   make fuzz          long campaigns: FUZZ_SECONDS per target (default 1800),
 #                      one after another; FUZZ_PARALLEL=1 runs them all at once
-#   make test-tsan     test_concurrency and test_engine under ThreadSanitizer
+#   make test-tsan     test_concurrency, test_engine and test_writer_direct (the O_DIRECT
+#                      save's writer thread) under ThreadSanitizer
 #   make test-m32      a 32-bit (-m32) build: corpus replays and wide_values
 #                      (skipped with a note when gcc-multilib is missing)
 #   make test-robust-python   only the Python robustness tests (test-python
@@ -79,13 +80,15 @@ $(TSAN_BUILD)/build.ninja: CMakeLists.txt
 	  -DST_SANITIZE=thread -DST_BUILD_CLI=OFF $(CMAKE_FLAGS)
 
 tsan-build: deps $(TSAN_BUILD)/build.ninja
-	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_concurrency test_engine
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_concurrency test_engine test_writer_direct
 
 test-tsan: tsan-build
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  ST_TEST_TMPDIR=$(CURDIR)/$(TSAN_BUILD) $(TSAN_BUILD)/tests/c/test_concurrency
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  ST_TEST_TMPDIR=$(CURDIR)/$(TSAN_BUILD) $(TSAN_BUILD)/tests/c/test_engine
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  ST_TEST_TMPDIR=$(CURDIR)/$(TSAN_BUILD) $(TSAN_BUILD)/tests/c/test_writer_direct
 
 test-robust-python: build venv python-install
 	ST_LIBRARY=$(CURDIR)/$(BUILD)/libsafetensors.so ST_CLI=$(CURDIR)/$(BUILD)/safetensors \

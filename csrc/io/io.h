@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -40,8 +41,18 @@ typedef struct st__io_hooks {
 /* TEST-ONLY: replaces the system calls of the save path for the whole
  * process (the table is copied); NULL restores libc. Not thread-safe: call
  * it only while no write is running. Never exported from the shared
- * library. */
+ * library. Also restores pthread_create for st__io_set_thread_hook. */
 void st__io_set_hooks(const st__io_hooks *hooks);
+
+/* Starts a thread; pthread_create's convention. */
+typedef int (*st__thread_create_fn)(pthread_t *thread, const pthread_attr_t *attr,
+                                    void *(*start)(void *), void *arg);
+
+/* TEST-ONLY: how the O_DIRECT sink starts its writer thread (NULL:
+ * pthread_create), until the next st__io_set_hooks. Outside the hook table
+ * so that tables written as positional initializers stay complete. Same
+ * rules as st__io_set_hooks. */
+void st__io_set_thread_hook(st__thread_create_fn fn);
 
 /* Writes all len bytes sequentially to fd, retrying EINTR and short writes.
  * Returns 0 or an errno value. */
@@ -83,7 +94,9 @@ typedef st_status (*st__emit_fn)(void *ctx, st__sink *sink, st_error *err);
  * lacks it), fsync (unless ST_WRITE_NO_FSYNC), a temp name linked in, close,
  * rename over path, directory fsync. With ST_WRITE_DIRECT the temp file is
  * opened with O_DIRECT and written through an aligned bounce buffer
- * (buffered where the filesystem refuses O_DIRECT). Temp files that a killed
+ * (buffered where the filesystem refuses O_DIRECT); a file larger than that
+ * buffer gets a second one and a writer thread that writes each full buffer
+ * while the caller fills the other. Temp files that a killed
  * writer left (their pid no longer runs) are swept first. On failure the temp
  * file is removed and path is untouched (except
  * when only the final directory fsync fails: the new file is then in place

@@ -60,24 +60,8 @@ std::string model_bytes(size_t n, unsigned char fill) {
   return out;
 }
 
-std::string fresh_dir(const char *stem) {
-  std::string d = sttest::temp_path(stem);
-  EXPECT_EQ(mkdir(d.c_str(), 0700), 0) << d;
-  return d;
-}
-
-std::vector<std::string> list_dir(const std::string &dir) {
-  std::vector<std::string> out;
-  DIR *d = opendir(dir.c_str());
-  if (d == nullptr) return out;
-  while (dirent *e = readdir(d)) {
-    std::string n = e->d_name;
-    if (n != "." && n != "..") out.push_back(n);
-  }
-  closedir(d);
-  std::sort(out.begin(), out.end());
-  return out;
-}
+using sttest::fresh_dir;
+using sttest::list_dir;
 
 void remove_dir(const std::string &dir) {
   for (const std::string &n : list_dir(dir)) std::remove((dir + "/" + n).c_str());

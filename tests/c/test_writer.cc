@@ -263,27 +263,8 @@ std::string to_memory(st_writer *w) {
   return out;
 }
 
-// A fresh, empty directory for one test.
-std::string fresh_dir() {
-  std::string tmpl = sttest::temp_path("wdir") + "XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  if (mkdtemp(buf.data()) == nullptr) return "";
-  return std::string(buf.data());
-}
-
-std::vector<std::string> list_dir(const std::string &dir) {
-  std::vector<std::string> names;
-  DIR *d = opendir(dir.c_str());
-  if (d == nullptr) return names;
-  while (struct dirent *e = readdir(d)) {
-    std::string n = e->d_name;
-    if (n != "." && n != "..") names.push_back(n);
-  }
-  closedir(d);
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using sttest::fresh_dir;
+using sttest::list_dir;
 
 struct Case {
   const char *label;

@@ -11,10 +11,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -27,31 +30,16 @@ namespace {
 
 // The library's bounce buffer (ST_DIRECT_BUF); sizes around it straddle a
 // buffer boundary. Another value only weakens the coverage, not the checks.
-constexpr size_t kBounce = size_t{8} << 20;
+constexpr size_t kBounce = size_t{2} << 20;
+// The writer's scratch buffer for producer tensors (ST_WRITER_SCRATCH): a
+// producer is called for chunks of at most this.
+constexpr size_t kScratch = size_t{4} << 20;
 constexpr size_t kBlock = 4096;
 // The writer's gathering limit (ST_WRITER_BATCH_BYTES).
 constexpr size_t kBatch = size_t{8} << 20;
 
-std::string fresh_dir() {
-  std::string tmpl = sttest::temp_path("ddir") + "XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  if (mkdtemp(buf.data()) == nullptr) return "";
-  return std::string(buf.data());
-}
-
-std::vector<std::string> list_dir(const std::string &dir) {
-  std::vector<std::string> names;
-  DIR *d = opendir(dir.c_str());
-  if (d == nullptr) return names;
-  while (struct dirent *e = readdir(d)) {
-    std::string n = e->d_name;
-    if (n != "." && n != "..") names.push_back(n);
-  }
-  closedir(d);
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using sttest::fresh_dir;
+using sttest::list_dir;
 
 // True when fd is open with O_DIRECT right now, as the kernel says.
 bool fd_is_direct(int fd) {
@@ -82,13 +70,30 @@ bool dir_takes_direct(const std::string &dir) {
   return true;
 }
 
+// Threads of this process right now.
+int thread_count() {
+  int n = 0;
+  DIR *d = opendir("/proc/self/task");
+  if (d == nullptr) return -1;
+  while (struct dirent *e = readdir(d)) {
+    if (e->d_name[0] != '.') n++;
+  }
+  closedir(d);
+  return n;
+}
+
 // ---- hooks ------------------------------------------------------------------
+// The save's writer thread calls pwrite: the plain fields of g are only
+// touched by one thread at a time (the library hands buffers over under a
+// mutex and joins the thread before returning); the hold handshake below
+// is between the writer thread and a producer on the caller's thread.
 
 struct WriteRec {
   bool direct;
   size_t len;
   uint64_t off;
   uintptr_t mem;
+  bool on_caller;  // issued from the thread that called the save
 };
 
 struct HookState {
@@ -104,7 +109,31 @@ struct HookState {
   bool create_then_refuse = false;   // ... after creating the file, like Linux
   bool no_tmpfile = false;           // O_TMPFILE: EOPNOTSUPP
   bool short_pwritev = false;        // pwritev moves few bytes, sometimes EINTR
+  // Writes from another thread than the caller's set g_in_write, then wait
+  // for g_release; a failing producer waits for g_in_write, then sets
+  // g_release: the failure happens while the thread is inside a write.
+  bool hold_thread_writes = false;
+  int thread_creates = 0, fail_thread_create = 0;  // errno for every create
 } g;
+
+std::atomic<bool> g_release{false}, g_hold_timed_out{false}, g_in_write{false};
+
+// Waits up to 10 s for flag; false on timeout.
+bool wait_for(const std::atomic<bool> &flag) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!flag.load()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+std::thread::id g_caller;  // the test's thread, which calls the saves
+
+size_t writes_off_caller() {
+  size_t n = 0;
+  for (const WriteRec &r : g.writes) n += r.on_caller ? 0 : 1;
+  return n;
+}
 
 int h_open(const char *p, int f, mode_t m) {
   g.opens++;
@@ -129,7 +158,13 @@ int h_open(const char *p, int f, mode_t m) {
 ssize_t h_pwrite(int fd, const void *b, size_t n, off_t o) {
   int c = ++g.pwrites;
   bool direct = fd_is_direct(fd);
-  g.writes.push_back({direct, n, static_cast<uint64_t>(o), reinterpret_cast<uintptr_t>(b)});
+  bool on_caller = std::this_thread::get_id() == g_caller;
+  g.writes.push_back(
+      {direct, n, static_cast<uint64_t>(o), reinterpret_cast<uintptr_t>(b), on_caller});
+  if (g.hold_thread_writes && !on_caller) {
+    g_in_write = true;
+    if (!wait_for(g_release)) g_hold_timed_out = true;
+  }
   if (c == g.fail_pwrite_at) {
     errno = g.fail_errno;
     return -1;
@@ -177,6 +212,12 @@ int h_fsync(int fd) {
   return fsync(fd);
 }
 
+int h_thread_create(pthread_t *t, const pthread_attr_t *a, void *(*start)(void *), void *arg) {
+  g.thread_creates++;
+  if (g.fail_thread_create != 0) return g.fail_thread_create;
+  return pthread_create(t, a, start, arg);
+}
+
 st__io_hooks hooks_table() {
   st__io_hooks h = {};
   h.open_fn = h_open;
@@ -202,7 +243,11 @@ struct Source {
 
 int produce(void *ctx, uint64_t offset, void *dst, size_t len) {
   Source *s = static_cast<Source *>(ctx);
-  if (++s->calls == s->fail_on_call) return -1;
+  if (++s->calls == s->fail_on_call) {
+    if (g.hold_thread_writes && !wait_for(g_in_write)) g_hold_timed_out = true;
+    g_release = true;
+    return -1;
+  }
   std::memcpy(dst, s->bytes->data() + offset, len);
   return 0;
 }
@@ -312,8 +357,13 @@ class DirectSave : public ::testing::Test {
  protected:
   void SetUp() override {
     g = HookState();
+    g_caller = std::this_thread::get_id();
+    g_release = false;
+    g_hold_timed_out = false;
+    g_in_write = false;
     st__io_hooks h = hooks_table();
     st__io_set_hooks(&h);
+    st__io_set_thread_hook(h_thread_create);
     dir = fresh_dir();
     ASSERT_FALSE(dir.empty());
     path = dir + "/target.safetensors";
@@ -677,6 +727,205 @@ TEST_F(DirectSave, PwriteOnlyHookTableSeesGatheredWrites) {
   EXPECT_TRUE(sttest::read_bytes(path) == to_memory(m->w.get()));
   EXPECT_EQ(g.pwrites, 51);  // the header, then each tensor
   EXPECT_EQ(g.pwritevs, 0);
+}
+
+// ---- the writer thread ----------------------------------------------------------
+
+// Grows or shrinks the last tensor until the file is exactly size bytes (the
+// header's digits move with it: a few rounds settle).
+std::unique_ptr<Model> build_sized(std::vector<Spec> specs, uint64_t size) {
+  for (int i = 0; i < 8; i++) {
+    auto m = build(specs);
+    if (m == nullptr) return nullptr;
+    uint64_t got = 0;
+    if (st_writer_size(m->w.get(), &got, nullptr) != ST_OK) return nullptr;
+    if (got == size) return m;
+    if (got > size && got - size > specs.back().bytes) return nullptr;
+    specs.back().bytes = static_cast<size_t>(specs.back().bytes + size - got);
+  }
+  return nullptr;
+}
+
+// Five full bounce buffers and a 123-byte tail, pointers and producers mixed,
+// tensors straddling the buffer boundaries.
+std::unique_ptr<Model> five_buffers() {
+  return build_sized({{"a", kBounce / 2 + 11, true},
+                      {"b", 2 * kBounce + 7, false},
+                      {"c", kBlock + 1, true},
+                      {"d", kBounce - 3, false},
+                      {"e", 1, true},
+                      {"f", 3 * kBlock, false},
+                      {"g", kBounce * 3 / 2 - 65536, true},
+                      {"h", 1000, false}},
+                     5 * kBounce + 123);
+}
+
+TEST_F(DirectSave, FullBuffersAreWrittenByTheWriterThread) {
+  if (!dir_takes_direct(dir)) GTEST_SKIP() << "this filesystem refuses O_DIRECT";
+  auto m = five_buffers();
+  ASSERT_NE(m, nullptr);
+  const std::string expect = to_memory(m->w.get());
+  ASSERT_EQ(expect.size(), 5 * kBounce + 123);
+  const int threads_before = thread_count();
+  for (uint32_t flags : {static_cast<uint32_t>(ST_WRITE_DIRECT),
+                         static_cast<uint32_t>(ST_WRITE_DIRECT | ST_WRITE_NO_FSYNC)}) {
+    g = HookState();
+    ASSERT_EQ(st_writer_write_path(m->w.get(), path.c_str(), flags, nullptr), ST_OK) << flags;
+    EXPECT_TRUE(sttest::read_bytes(path) == expect) << flags;
+    EXPECT_EQ(g.thread_creates, 1) << flags;
+    EXPECT_EQ(thread_count(), threads_before) << flags;  // joined
+    ASSERT_EQ(g.writes.size(), 6u) << flags;
+    uint64_t covered = 0;
+    for (size_t i = 0; i < 5; i++) {
+      const WriteRec &r = g.writes[i];
+      EXPECT_FALSE(r.on_caller) << i;
+      EXPECT_TRUE(r.direct) << i;
+      EXPECT_EQ(r.off, covered) << i;
+      EXPECT_EQ(r.len, kBounce) << i;
+      EXPECT_EQ(r.mem % kBlock, 0u) << i;
+      covered += r.len;
+    }
+    // The two buffers take turns.
+    EXPECT_NE(g.writes[0].mem, g.writes[1].mem);
+    EXPECT_EQ(g.writes[0].mem, g.writes[2].mem);
+    EXPECT_EQ(g.writes[1].mem, g.writes[3].mem);
+    const WriteRec &tail = g.writes[5];
+    EXPECT_TRUE(tail.on_caller);
+    EXPECT_FALSE(tail.direct);
+    EXPECT_EQ(tail.off, covered);
+    EXPECT_EQ(tail.len, 123u);
+  }
+  EXPECT_EQ(list_dir(dir), std::vector<std::string>{"target.safetensors"});
+}
+
+// A file that fits one buffer gets no thread; one byte more does.
+TEST_F(DirectSave, SmallFilesStartNoThread) {
+  if (!dir_takes_direct(dir)) GTEST_SKIP() << "this filesystem refuses O_DIRECT";
+  for (uint64_t size : {uint64_t{200}, uint64_t{kBounce - kBlock - 1}, uint64_t{kBounce},
+                        uint64_t{kBounce + 1}, uint64_t{2 * kBounce}}) {
+    auto m = build_sized({{"p", 50, true}, {"x", 10, false}}, size);
+    ASSERT_NE(m, nullptr) << size;
+    g = HookState();
+    ASSERT_EQ(st_writer_write_path(m->w.get(), path.c_str(), ST_WRITE_DIRECT, nullptr), ST_OK)
+        << size;
+    EXPECT_TRUE(sttest::read_bytes(path) == to_memory(m->w.get())) << size;
+    if (size <= kBounce) {
+      EXPECT_EQ(g.thread_creates, 0) << size;
+      EXPECT_EQ(writes_off_caller(), 0u) << size;
+    } else {
+      EXPECT_EQ(g.thread_creates, 1) << size;
+    }
+  }
+}
+
+// The k-th write fails, for every k, while the writer thread runs: the
+// error, its errno and the offset of the failed write reach the caller, no
+// write follows it, the thread is joined, and nothing of the save remains.
+TEST_F(DirectSave, WriterThreadFailureAtEveryWrite) {
+  if (!dir_takes_direct(dir)) GTEST_SKIP() << "this filesystem refuses O_DIRECT";
+  auto m = five_buffers();
+  ASSERT_NE(m, nullptr);
+  const std::string expect = to_memory(m->w.get());
+  const int threads_before = thread_count();
+  ASSERT_EQ(st_writer_write_path(m->w.get(), path.c_str(), ST_WRITE_DIRECT, nullptr), ST_OK);
+  const size_t total = g.writes.size();
+  ASSERT_EQ(total, 6u);
+  for (size_t k = 1; k <= total; k++) {
+    const int errs[] = {ENOSPC, EIO, EFBIG};
+    const int e = errs[k % 3];
+    const std::string label = "k=" + std::to_string(k);
+    ASSERT_TRUE(sttest::write_bytes(path, old));
+    g = HookState();
+    g.fail_pwrite_at = static_cast<int>(k);
+    g.fail_errno = e;
+    st_error err;
+    EXPECT_EQ(st_writer_write_path(m->w.get(), path.c_str(), ST_WRITE_DIRECT, &err), ST_ERR_IO)
+        << label;
+    EXPECT_EQ(err.sys_errno, e) << label;
+    ASSERT_EQ(g.writes.size(), k) << label;  // the thread stopped at the failure
+    EXPECT_EQ(err.offset, g.writes[k - 1].off) << label;
+    EXPECT_EQ(err.offset, (k - 1) * kBounce) << label;
+    EXPECT_EQ(g.writes[k - 1].on_caller, k == total) << label;
+    EXPECT_EQ(thread_count(), threads_before) << label;
+    expect_old_intact(label);
+  }
+  g = HookState();
+  ASSERT_EQ(st_writer_write_path(m->w.get(), path.c_str(), ST_WRITE_DIRECT, nullptr), ST_OK);
+  EXPECT_TRUE(sttest::read_bytes(path) == expect);
+}
+
+// A producer fails while the thread is inside a write (held there until the
+// failure): ST_ERR_CALLBACK, the thread joined, the buffers freed (ASan),
+// nothing left behind.
+TEST_F(DirectSave, ProducerFailsWhileTheThreadWrites) {
+  if (!dir_takes_direct(dir)) GTEST_SKIP() << "this filesystem refuses O_DIRECT";
+  const int threads_before = thread_count();
+  for (int fail_on : {1, 2, 3}) {
+    // "a" fills the first buffer; "p" comes in scratch chunks of at most
+    // 4 MiB, the first one before the second buffer is full: the failing
+    // producer of call 1 waits until the thread is inside its first write.
+    auto m = build({{"a", kBounce + 100, false}, {"p", 3 * kScratch, true}, {"z", 10, false}});
+    ASSERT_NE(m, nullptr);
+    m->sources[0]->fail_on_call = fail_on;
+    const std::string label = "fail on " + std::to_string(fail_on);
+    g = HookState();
+    g.hold_thread_writes = fail_on == 1;
+    g_release = false;
+    g_hold_timed_out = false;
+    g_in_write = false;
+    st_error err;
+    EXPECT_EQ(st_writer_write_path(m->w.get(), path.c_str(), ST_WRITE_DIRECT, &err),
+              ST_ERR_CALLBACK)
+        << label;
+    EXPECT_STREQ(err.name, "p") << label;
+    EXPECT_EQ(m->sources[0]->calls, fail_on) << label;
+    EXPECT_FALSE(g_hold_timed_out.load()) << label;
+    EXPECT_EQ(g.thread_creates, 1) << label;
+    EXPECT_GE(writes_off_caller(), 1u) << label;
+    if (fail_on == 1) {
+      EXPECT_EQ(g.writes.size(), 1u) << label;
+    }
+    EXPECT_EQ(thread_count(), threads_before) << label;
+    expect_old_intact(label);
+  }
+}
+
+// EINVAL from a direct write on the writer thread: O_DIRECT is dropped
+// there, that buffer rewritten buffered, and the rest buffered too.
+TEST_F(DirectSave, EinvalOnTheWriterThreadFallsBackToBuffered) {
+  if (!dir_takes_direct(dir)) GTEST_SKIP() << "this filesystem refuses O_DIRECT";
+  auto m = five_buffers();
+  ASSERT_NE(m, nullptr);
+  const std::string expect = to_memory(m->w.get());
+  for (int from : {1, 2, 3, 5}) {
+    const std::string label = "from " + std::to_string(from);
+    g = HookState();
+    g.einval_direct_from = from;
+    ASSERT_EQ(st_writer_write_path(m->w.get(), path.c_str(), ST_WRITE_DIRECT, nullptr), ST_OK)
+        << label;
+    EXPECT_TRUE(sttest::read_bytes(path) == expect) << label;
+    ASSERT_EQ(g.writes.size(), 7u) << label;  // six, one of them twice
+    const size_t refused = static_cast<size_t>(from) - 1;
+    for (size_t i = 0; i < g.writes.size(); i++) EXPECT_EQ(g.writes[i].direct, i <= refused) << i;
+    EXPECT_FALSE(g.writes[refused].on_caller) << label;
+    EXPECT_EQ(g.writes[refused + 1].off, g.writes[refused].off) << label;  // the rewrite
+    EXPECT_EQ(g.writes[refused + 1].len, kBounce) << label;
+    EXPECT_EQ(list_dir(dir), std::vector<std::string>{"target.safetensors"}) << label;
+  }
+}
+
+// No thread to be had: the caller writes every buffer itself, same bytes.
+TEST_F(DirectSave, ThreadCreationFailureWritesSynchronously) {
+  if (!dir_takes_direct(dir)) GTEST_SKIP() << "this filesystem refuses O_DIRECT";
+  auto m = five_buffers();
+  ASSERT_NE(m, nullptr);
+  const std::string expect = to_memory(m->w.get());
+  g.fail_thread_create = EAGAIN;
+  ASSERT_EQ(st_writer_write_path(m->w.get(), path.c_str(), ST_WRITE_DIRECT, nullptr), ST_OK);
+  EXPECT_TRUE(sttest::read_bytes(path) == expect);
+  EXPECT_EQ(g.thread_creates, 1);  // tried once, not at every buffer
+  EXPECT_EQ(writes_off_caller(), 0u);
+  EXPECT_GE(g.writes.size(), 6u);
 }
 
 }  // namespace

@@ -4,6 +4,10 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <algorithm>
+#include <vector>
+
+#include <dirent.h>
 #include <unistd.h>
 
 namespace sttest {
@@ -31,6 +35,27 @@ bool write_bytes(const std::string &path, const std::string &bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   return static_cast<bool>(f);
+}
+
+std::string fresh_dir(const std::string &stem) {
+  std::string tmpl = temp_path(stem) + "XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  if (mkdtemp(buf.data()) == nullptr) return "";
+  return std::string(buf.data());
+}
+
+std::vector<std::string> list_dir(const std::string &dir) {
+  std::vector<std::string> names;
+  DIR *d = opendir(dir.c_str());
+  if (d == nullptr) return names;
+  while (struct dirent *e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") names.push_back(n);
+  }
+  closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 std::string read_bytes(const std::string &path) {

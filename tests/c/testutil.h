@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "safetensors.h"
 
@@ -22,6 +23,12 @@ std::string temp_path(const std::string &stem);
 bool write_bytes(const std::string &path, const std::string &bytes);
 // Reads a whole file; empty string when it cannot be read.
 std::string read_bytes(const std::string &path);
+
+// A new, empty directory under the test temp dir ("" when it cannot be made).
+std::string fresh_dir(const std::string &stem = "dir");
+
+// The names in dir, sorted, without "." and "..".
+std::vector<std::string> list_dir(const std::string &dir);
 
 // An st_allocator that fails the fail_at-th call (1-based; 0 = never) and
 // counts live blocks, so a test can assert no leak after a failure.
