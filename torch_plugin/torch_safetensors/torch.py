@@ -487,6 +487,10 @@ def _basic_index(index: Any, shape: Tuple[int, ...]):
     return ranges, squeeze, out_pos
 
 
+#: Slices of at least this many bytes are read by the parallel engine.
+_PARALLEL_SLICE = 1 << 20
+
+
 class _SafeSlice:
     """What ``safe_open.get_slice`` returns (the reference's PySafeSlice)."""
 
@@ -516,7 +520,11 @@ class _SafeSlice:
         tdtype = _torch_dtype(dtype, name)
         tshape = _dtypes.torch_shape(dtype, shape, nbytes)
         out = torch.empty(tshape, dtype=tdtype)
-        if nbytes:
+        if nbytes >= _PARALLEL_SLICE:
+            # One engine plan: the rows of a big strided slice are copied by
+            # every core instead of one.
+            f.read_many([(self._k, out.data_ptr(), nbytes, ranges)])
+        elif nbytes:
             f.read_slice_into(self._k, ranges, out.data_ptr(), nbytes)
         return out
 

@@ -218,3 +218,27 @@ def test_direct_save_writes_the_same_bytes(tmp_path):
     via_hook = tmp_path / "hook.safetensors"
     _write_tensors(tensors, via_hook, {"k": "v"}, direct=True)
     assert via_hook.read_bytes() == reference.read_bytes()
+
+
+@pytest.mark.parametrize("threshold", [0, 1 << 62])
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_slices_through_the_engine_or_one_call(tmp_path, monkeypatch, backend,
+                                               threshold):
+    """Big slices are read by the parallel engine (threshold 0: every
+    slice), small ones by one call (threshold huge: every slice): both give
+    what torch indexing gives."""
+    monkeypatch.setattr(st, "_PARALLEL_SLICE", threshold)
+    g = torch.Generator().manual_seed(9)
+    m = torch.randn(3000, 512, generator=g)           # 6 MB
+    path = tmp_path / "m.safetensors"
+    st.save_file({"m": m}, path)
+    cases = [(slice(None), slice(0, 128)), (slice(None), slice(384, 512)),
+             (slice(None, None, 2), slice(1, 400, 3)), (slice(-1000, None), 5),
+             (slice(10, 20), slice(None)), (slice(5, 5), slice(None))]
+    with st.safe_open(path, "pt", backend=backend) as f:
+        sl = f.get_slice("m")
+        for idx in cases:
+            got = sl[idx]
+            want = m[idx]
+            assert got.shape == want.shape, idx
+            assert torch.equal(got.contiguous(), want.contiguous()), idx
