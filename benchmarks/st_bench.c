@@ -2,9 +2,12 @@
  * benchmark suite (benchmarks/bench_cpu.py) measures beside the packages.
  *
  *   st_bench memcpy BYTES THREADS RUNS     multi-threaded memcpy into fresh
- *                                          memory, and into touched memory
- *   st_bench load FILE BACKEND THREADS RUNS  engine load of every tensor into
- *                                          fresh memory, every byte touched
+ *                                          memory (4 KiB pages, and with huge
+ *                                          pages advised), and into touched
+ *                                          memory
+ *   st_bench load FILE BACKEND THREADS RUNS [hugepages]  engine load of every
+ *                                          tensor into fresh memory, every byte
+ *                                          touched (hugepages: ST_EXEC_HUGEPAGES)
  *   st_bench write PATH BYTES RUNS         raw sequential write + fsync
  *   st_bench save SRC OUT RUNS MODE        st_writer_write_path of every tensor
  *                                          of SRC (mapped, pointer tensors) to
@@ -89,7 +92,7 @@ static int bench_memcpy(size_t n, int threads, int runs) {
   unsigned char *src = fresh(n);
   if (src == NULL) return 1;
   memset(src, 0x5a, n);
-  double tf[64], tt[64];
+  double tf[64], th[64], tt[64];
   unsigned char *warm = fresh(n);
   if (warm == NULL) return 1;
   memset(warm, 1, n);
@@ -100,18 +103,30 @@ static int bench_memcpy(size_t n, int threads, int runs) {
     par_memcpy(dst, src, n, threads);
     tf[r] = now() - t0;
     munmap(dst, n);
+    /* The same with transparent huge pages advised, as the engine's
+     * ST_EXEC_HUGEPAGES does (the advice itself is timed). */
+    dst = fresh(n);
+    if (dst == NULL) return 1;
+    t0 = now();
+    (void)madvise(dst, n, MADV_HUGEPAGE);
+    par_memcpy(dst, src, n, threads);
+    th[r] = now() - t0;
+    munmap(dst, n);
     t0 = now();
     par_memcpy(warm, src, n, threads);
     tt[r] = now() - t0;
   }
-  double mf = median(tf, runs), mt = median(tt, runs);
+  double mf = median(tf, runs), mh = median(th, runs), mt = median(tt, runs);
   printf("{\"op\":\"memcpy\",\"bytes\":%zu,\"threads\":%d,\"fresh_s\":%.6f,\"fresh_gbps\":%.3f,"
+         "\"fresh_thp_s\":%.6f,\"fresh_thp_gbps\":%.3f,"
          "\"touched_s\":%.6f,\"touched_gbps\":%.3f}\n",
-         n, threads, mf, (double)n / mf / 1e9, mt, (double)n / mt / 1e9);
+         n, threads, mf, (double)n / mf / 1e9, mh, (double)n / mh / 1e9, mt,
+         (double)n / mt / 1e9);
   return 0;
 }
 
-static int bench_load(const char *path, const char *backend, int threads, int runs) {
+static int bench_load(const char *path, const char *backend, int threads, int runs,
+                      uint32_t flags) {
   st_open_options o;
   st_open_options_init(&o);
   o.backend = strcmp(backend, "pread") == 0 ? ST_BACKEND_PREAD : ST_BACKEND_MMAP;
@@ -140,6 +155,7 @@ static int bench_load(const char *path, const char *backend, int threads, int ru
     st_exec_options eo;
     st_exec_options_init(&eo);
     eo.threads = (uint32_t)threads;
+    eo.flags = flags;
     if (st_plan_execute(plan, &eo, NULL, &err) != ST_OK) {
       fprintf(stderr, "execute: %s\n", err.message);
       return 1;
@@ -152,10 +168,10 @@ static int bench_load(const char *path, const char *backend, int threads, int ru
     munmap(dst, total ? total : 1);
   }
   double m = median(t, runs);
-  printf("{\"op\":\"load\",\"backend\":\"%s\",\"bytes\":%llu,\"threads\":%d,\"s\":%.6f,\"gbps\":%.3f,"
-         "\"sink\":%llu}\n",
-         backend, (unsigned long long)bytes, threads, m, (double)bytes / m / 1e9,
-         (unsigned long long)(sink & 1));
+  printf("{\"op\":\"load\",\"backend\":\"%s\",\"hugepages\":%d,\"bytes\":%llu,\"threads\":%d,"
+         "\"s\":%.6f,\"gbps\":%.3f,\"sink\":%llu}\n",
+         backend, (flags & ST_EXEC_HUGEPAGES) != 0, (unsigned long long)bytes, threads, m,
+         (double)bytes / m / 1e9, (unsigned long long)(sink & 1));
   return 0;
 }
 
@@ -246,14 +262,16 @@ static int bench_save(const char *src, const char *out, int runs, const char *mo
 int main(int argc, char **argv) {
   if (argc == 5 && strcmp(argv[1], "memcpy") == 0)
     return bench_memcpy((size_t)strtoull(argv[2], NULL, 10), atoi(argv[3]), atoi(argv[4]));
-  if (argc == 6 && strcmp(argv[1], "load") == 0)
-    return bench_load(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+  if ((argc == 6 || (argc == 7 && strcmp(argv[6], "hugepages") == 0)) &&
+      strcmp(argv[1], "load") == 0)
+    return bench_load(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]),
+                      argc == 7 ? ST_EXEC_HUGEPAGES : 0u);
   if (argc == 5 && strcmp(argv[1], "write") == 0)
     return bench_write(argv[2], (size_t)strtoull(argv[3], NULL, 10), atoi(argv[4]));
   if (argc == 6 && strcmp(argv[1], "save") == 0)
     return bench_save(argv[2], argv[3], atoi(argv[4]), argv[5]);
   fprintf(stderr,
-          "usage: st_bench memcpy BYTES THREADS RUNS | load FILE mmap|pread THREADS RUNS |"
+          "usage: st_bench memcpy BYTES THREADS RUNS | load FILE mmap|pread THREADS RUNS [hugepages] |"
           " write PATH BYTES RUNS | save SRC OUT RUNS buffered|direct|nofsync\n");
   return 2;
 }
