@@ -85,7 +85,8 @@ DESCRIBE = {
     "c-engine-pread": "`st_bench load p pread hugepages` (C: open, plan, execute into fresh "
                       "memory with `ST_EXEC_HUGEPAGES`, touch one byte a page; no Python)",
     "c-engine-mmap": "`st_bench load p mmap hugepages`",
-    "memcpy-limit": "`st_bench memcpy`: the physical limit, same bytes, every core (the table "
+    "memcpy-limit": "`st_bench memcpy SIZE THREADS 1 FILE`: the physical limit, the same bytes "
+                    "copied from the file's pages in the page cache by every core (the table "
                     "shows the fresh 4 KiB-page destination; the huge-page one is below)",
 }
 
@@ -632,7 +633,8 @@ class Runner:
 
         def measure(c: str) -> dict:
             if c == "memcpy-limit":
-                r = self.c_tool(["memcpy", str(size), str(self.threads), "1"])
+                # the source is the file in the page cache, as a load's is
+                r = self.c_tool(["memcpy", str(size), str(self.threads), "1", files["st"]])
                 return {"load": r["fresh_s"], "total": r["fresh_s"], "touched": r["touched_s"],
                         "thp": r["fresh_thp_s"], "bytes": r["bytes"]}
             if c.startswith("c-engine"):
