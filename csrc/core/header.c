@@ -403,10 +403,14 @@ static st_status sfail(st_error *err, st_status code, const char *msg, uint64_t 
   return st;
 }
 
-/* Whether the decoded string equals the literal. */
+/* Whether the decoded string equals the literal (which has no backslash).
+ * Decoding never lengthens a string, so a raw string as long as the literal
+ * is equal only byte for byte, a shorter one never, and only a longer one
+ * (with escapes) needs decoding. */
 static bool str_is(const strview *v, const char *lit) {
   size_t ll = strlen(lit);
-  if (memchr(v->s, '\\', v->len) == NULL) return v->len == ll && memcmp(v->s, lit, ll) == 0;
+  if (v->len <= ll) return v->len == ll && memcmp(v->s, lit, ll) == 0;
+  if (memchr(v->s, '\\', v->len) == NULL) return false;
   size_t i = 0, o = 0;
   while (i < v->len) {
     unsigned char buf[4];

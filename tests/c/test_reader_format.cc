@@ -179,6 +179,14 @@ std::vector<Row> rows() {
     h = "{\"t\":" + entry("U8", "[1]", 0, 1, ",\"x\":\"\\q\"") + "}";
     bad("bad_escape_in_ignored_field", make_file(h, one), ST_ERR_HEADER_DESERIALIZATION, at(h, "\\q"));
     ok("all_escapes", make_file(named("\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9"), one));
+    // Field names and __metadata__ spelled with escapes are the same keys
+    // (decoded before they are compared); a same-length near miss is not.
+    ok("escaped_field_names",
+       make_file("{\"\\u005f_metadata__\":{},\"t\":{\"\\u0064type\":\"U8\",\"sh\\u0061pe\":[1],"
+                 "\"data_offset\\u0073\":[0,1]}}", one));
+    h = "{\"t\":{\"dtypf\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}";
+    bad("near_miss_field_name", make_file(h, one), ST_ERR_HEADER_DESERIALIZATION,
+        at(h, "{\"dtypf"));
   }
 
   // ---- Root and nesting ----------------------------------------------------
