@@ -358,3 +358,20 @@ def test_names_in_both_orders(tmp_path):
         assert sorted(f.names(sorted=False)) == sorted(names)
     with pytest.raises(Exception):
         f.names()
+
+
+def test_tensor_infos_stay_out_of_the_cyclic_gc(sample):
+    """tensors(), info() and slice_shape() return tuples of str and int
+    only: they are untracked, so listing a big file adds nothing to the
+    collector's survivors."""
+    import gc
+
+    path, a, b = sample
+    with _C.File(str(path)) as f:
+        infos = f.tensors()
+        assert infos and all(not gc.is_tracked(t) and not gc.is_tracked(t[2])
+                             for t in infos)
+        assert not gc.is_tracked(f.info(0))
+        shape, _ = f.slice_shape(0, [(0, None, 1)])
+        assert not gc.is_tracked(shape)
+        assert infos[0][1] is f.tensors()[0][1]  # dtype names made once
