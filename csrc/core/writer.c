@@ -325,6 +325,12 @@ static st_status add_tensor(st_writer *w, const char *name, size_t name_len,
     return st__fail(err, ST_ERR_LIMIT, "more dimensions than the rank limit",
                     ST_NO_OFFSET, name, name_len, 0);
   }
+  /* A file this library writes must open with its reader's defaults (the
+   * tensor count needs no check: the header-size cap binds first). */
+  if (name_len > ST_DEFAULT_MAX_NAME_LEN) {
+    return st__fail(err, ST_ERR_LIMIT, "tensor name longer than the name limit",
+                    ST_NO_OFFSET, name, name_len, 0);
+  }
   st_status s = check_string(name, name_len, err, "NUL in a tensor name",
                              "tensor name is not valid UTF-8", name, name_len);
   if (s != ST_OK) return s;

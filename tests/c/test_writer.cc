@@ -585,6 +585,28 @@ struct Refusal {
   std::function<st_status(st_writer *, st_error *)> call;
 };
 
+// The longest name the reader takes by default is written, and reads back.
+TEST(WriterRefusals, NameAtTheReaderLimitRoundTrips) {
+  const std::string longest(ST_DEFAULT_MAX_NAME_LEN, 'n');
+  st_writer *w = nullptr;
+  ASSERT_EQ(st_writer_new(nullptr, &w, nullptr), ST_OK);
+  const uint64_t shape[1] = {1};
+  const char byte = 7;
+  ASSERT_EQ(st_writer_add_tensor(w, longest.data(), longest.size(), ST_U8, shape, 1, &byte, 1, nullptr),
+            ST_OK);
+  uint64_t size = 0;
+  ASSERT_EQ(st_writer_size(w, &size, nullptr), ST_OK);
+  std::string out(size, '\0');
+  ASSERT_EQ(st_writer_write_memory(w, &out[0], out.size(), nullptr, nullptr), ST_OK);
+  st_writer_free(w);
+  st_file *f = nullptr;
+  ASSERT_EQ(st_open_memory(out.data(), out.size(), nullptr, &f, nullptr), ST_OK);
+  st_tensor_info ti;
+  ASSERT_EQ(st_tensor_get(f, 0, &ti), ST_OK);
+  EXPECT_EQ(ti.name_len, longest.size());
+  st_close(f);
+}
+
 TEST(WriterRefusals, EachStatusAndWriterUnchanged) {
   static const uint64_t s2[1] = {2};
   static const uint64_t s3[1] = {3};
@@ -633,6 +655,16 @@ TEST(WriterRefusals, EachStatusAndWriterUnchanged) {
        [](st_writer *w, st_error *e) { return st_writer_add_tensor(w, "l", 1, ST_F32, s5, 1, data, 21, e); }},
       {"rank 65", ST_ERR_LIMIT,
        [](st_writer *w, st_error *e) { return st_writer_add_tensor(w, "r", 1, ST_U8, deep, 65, data, 1, e); }},
+      {"name over the reader's limit", ST_ERR_LIMIT,
+       [](st_writer *w, st_error *e) {
+         static const std::string longest(ST_DEFAULT_MAX_NAME_LEN + 1, 'n');
+         return st_writer_add_tensor(w, longest.data(), longest.size(), ST_U8, s2, 1, data, 2, e);
+       }},
+      {"name over the reader's limit cb", ST_ERR_LIMIT,
+       [](st_writer *w, st_error *e) {
+         static const std::string longest(ST_DEFAULT_MAX_NAME_LEN + 1, 'n');
+         return st_writer_add_tensor_cb(w, longest.data(), longest.size(), ST_U8, s2, 1, produce, nullptr, e);
+       }},
       {"bad dtype", ST_ERR_INVALID_ARGUMENT,
        [](st_writer *w, st_error *e) { return st_writer_add_tensor(w, "d", 1, static_cast<st_dtype>(22), s2, 1, data, 2, e); }},
       {"dtype 31", ST_ERR_INVALID_ARGUMENT,
