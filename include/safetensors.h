@@ -498,8 +498,9 @@ ST_API st_status st_writer_declare_metadata(st_writer *writer);
  *  dtype bits / 8. Statuses: ST_ERR_DUPLICATE_KEY, ST_ERR_RESERVED_NAME,
  *  ST_ERR_NUL_IN_STRING, ST_ERR_INVALID_HEADER (name not UTF-8),
  *  ST_ERR_INVALID_TENSOR_INFO, ST_ERR_VALIDATION_OVERFLOW,
- *  ST_ERR_MISALIGNED_SLICE, ST_ERR_LIMIT, ST_ERR_NOMEM,
- *  ST_ERR_INVALID_ARGUMENT. */
+ *  ST_ERR_MISALIGNED_SLICE, ST_ERR_LIMIT (rank over ST_DEFAULT_MAX_RANK or
+ *  name over ST_DEFAULT_MAX_NAME_LEN bytes: every file written opens with
+ *  the reader's defaults), ST_ERR_NOMEM, ST_ERR_INVALID_ARGUMENT. */
 ST_API st_status st_writer_add_tensor(st_writer *writer, const char *name,
                                       size_t name_len, st_dtype dtype,
                                       const uint64_t *shape, uint32_t rank,
