@@ -945,31 +945,24 @@ def compute_targets(results: dict) -> list:
     return T
 
 
+#: workload -> (plot file, title, stacked load + touch bars, or the save time alone)
+PLOT_SPECS = {
+    "load": ("cpu_load.png", "GPT-2 small fp32: load + touch (warm cache)", True),
+    "save": ("cpu_save.png", "GPT-2 small fp32: save", False),
+    "subset": ("cpu_subset.png", "Subset loads (1 of 8): load + touch", True),
+    "small": ("cpu_small.png", "Many small tensors: load + touch", True),
+}
+
+
 def plots(results: dict) -> None:
-    P = C.PLOTS
-    if "load" in results:
-        r = {c: v for c, v in results["load"].items() if v and not C.error_of(v)}
+    for workload, (png, title, stacked) in PLOT_SPECS.items():
+        if workload not in results:
+            continue
+        r = {c: v for c, v in results[workload].items() if v and not C.error_of(v)}
         names = list(r)
-        C.bar_plot(P / "cpu_load.png", "GPT-2 small fp32: load + touch (warm cache)", names,
-                   {"load": [C.med(r[c], "load") for c in names],
-                    "touch": [C.med(r[c], "touch") for c in names]}, stacked=True)
-    if "save" in results:
-        r = {c: v for c, v in results["save"].items() if v and not C.error_of(v)}
-        names = list(r)
-        C.bar_plot(P / "cpu_save.png", "GPT-2 small fp32: save", names,
-                   {"save": [C.med(r[c], "save") for c in names]})
-    if "subset" in results:
-        r = {c: v for c, v in results["subset"].items() if v and not C.error_of(v)}
-        names = list(r)
-        C.bar_plot(P / "cpu_subset.png", "Subset loads (1 of 8): load + touch", names,
-                   {"load": [C.med(r[c], "load") for c in names],
-                    "touch": [C.med(r[c], "touch") for c in names]}, stacked=True)
-    if "small" in results:
-        r = {c: v for c, v in results["small"].items() if v and not C.error_of(v)}
-        names = list(r)
-        C.bar_plot(P / "cpu_small.png", "Many small tensors: load + touch", names,
-                   {"load": [C.med(r[c], "load") for c in names],
-                    "touch": [C.med(r[c], "touch") for c in names]}, stacked=True)
+        keys = ("load", "touch") if stacked else ("save",)
+        C.bar_plot(C.PLOTS / png, title, names,
+                   {k: [C.med(r[c], k) for c in names] for k in keys}, stacked=stacked)
 
 
 def main() -> int:

@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <pthread.h>
-#include <stdbool.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -311,10 +310,6 @@ static st_status direct_read(engine_run *r, unsigned char *bounce, uint64_t cap,
   }
   return ST_OK;
 }
-
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#endif
 
 /* A batch of small entries (the rows of a strided slice, small tensors)
  * mostly fills contiguous stretches of the destination: each stretch is

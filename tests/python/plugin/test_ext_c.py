@@ -27,6 +27,15 @@ def _file_bytes(header: dict, data: bytes) -> bytes:
     return struct.pack("<Q", len(h)) + h + data
 
 
+def _write(path, tensors: dict) -> str:
+    """Writes {name: (dtype, array)} with our Writer (no fsync); the path."""
+    w = _C.Writer()
+    for name, (dtype, arr) in tensors.items():
+        w.add_tensor(name, dtype, arr.shape, arr)
+    w.write_path(str(path), fsync=False)
+    return str(path)
+
+
 @pytest.fixture
 def sample(tmp_path):
     """Two tensors written by our Writer: a (F32 [2, 3]) and b (U8 [4])."""
@@ -193,10 +202,7 @@ def test_read_many_parallel_copy(sample):
 
 def test_read_many_engine_flags(tmp_path):
     big = np.random.default_rng(3).integers(0, 255, 5 << 20, dtype=np.uint8)
-    w = _C.Writer()
-    w.add_tensor("big", "U8", big.shape, big)
-    path = str(tmp_path / "big.safetensors")
-    w.write_path(path, fsync=False)
+    path = _write(tmp_path / "big.safetensors", {"big": ("U8", big)})
     for backend in ("mmap", "pread"):
         with _C.File(path, backend=backend) as f:
             for flags in (0, _C.EXEC_HUGEPAGES, _C.EXEC_NO_PREFAULT,
@@ -210,10 +216,7 @@ def test_read_many_engine_flags(tmp_path):
 
 def test_read_many_slices_count_only_their_bytes(tmp_path):
     m = np.arange(64 * 48, dtype=np.float32).reshape(64, 48)
-    w = _C.Writer()
-    w.add_tensor("m", "F32", m.shape, m)
-    path = str(tmp_path / "m.safetensors")
-    w.write_path(path, fsync=False)
+    path = _write(tmp_path / "m.safetensors", {"m": ("F32", m)})
     for backend in ("mmap", "pread"):
         with _C.File(path, backend=backend) as f:
             col = np.zeros((64, 6), dtype=np.float32)   # one of 8 column shards
@@ -233,11 +236,8 @@ def test_concurrent_reads_from_threads(tmp_path):
     inside the reads)."""
     arrays = {f"t{k}": np.random.default_rng(k).random(50_000)
               for k in range(8)}
-    w = _C.Writer()
-    for k, v in arrays.items():
-        w.add_tensor(k, "F64", v.shape, v)
-    path = str(tmp_path / "many.safetensors")
-    w.write_path(path, fsync=False)
+    path = _write(tmp_path / "many.safetensors",
+                  {k: ("F64", v) for k, v in arrays.items()})
     errors = []
     for backend in ("mmap", "pread"):
         f = _C.File(path, backend=backend)
@@ -345,12 +345,9 @@ def test_module_tables():
 def test_names_in_both_orders(tmp_path):
     """names() lists in name order (what sorted() gives, non-ASCII names
     included) or in file order, from the C core in one call."""
-    w = _C.Writer()
     names = ["zeta", "alpha", "é", "\u4e2d", "a\U0001f600", "B", "a.b.0", "a.b.10"]
-    for k, n in enumerate(names):
-        w.add_tensor(n, "U8", (k + 1,), np.arange(k + 1, dtype=np.uint8))
-    path = str(tmp_path / "names.safetensors")
-    w.write_path(path, fsync=False)
+    path = _write(tmp_path / "names.safetensors",
+                  {n: ("U8", np.arange(k + 1, dtype=np.uint8)) for k, n in enumerate(names)})
     with _C.File(path) as f:
         assert f.names() == sorted(names)
         assert f.names(sorted=True) == sorted(names)
