@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-PLOTS = ROOT / "benchmarks" / "plots"
+RESULTS = _common.RESULTS
+PLOTS = _common.PLOTS
 FULL_SIZES = [1_000, 10_000, 100_000, 1_700_000]
 QUICK_SIZES = [100, 1_000]
 
@@ -71,12 +71,7 @@ def make_file(path: Path, n: int) -> int:
 
 # --- The contenders (each runs in its own process) ----------------------------------------------
 
-def _vm(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+_vm = _common.status_bytes
 
 
 def child_reference(path: str, warm: str) -> dict:
