@@ -131,8 +131,9 @@ ST_API const char *st_status_name(st_status status);
  * Dtypes
  * ========================================================================== */
 
-/* The number is the dtype's rank in the reference's writer order (the
- * writer sorts by rank descending). Pinned. */
+/* Pinned numbers: never renumbered, never reused; a new dtype gets the next
+ * one. (The order in which the writer sorts dtypes, the reference writer's,
+ * is a separate table inside the library, not these numbers.) */
 typedef enum st_dtype {
   ST_BOOL = 0,
   ST_F4 = 1,            /* 4 bits; two per byte, first in the low nibble */
@@ -168,6 +169,35 @@ ST_API unsigned st_dtype_bits(st_dtype dtype);
  *  Returns ST_OK or ST_ERR_NOT_FOUND (also for a NULL name). */
 ST_API st_status st_dtype_from_name(const char *name, size_t len,
                                     st_dtype *out);
+
+/* --- The torch mapping and the view policy ------------------------------
+ * The one table of which torch dtype each file dtype loads as, and the one
+ * view policy that every binding (Python, C++) follows:
+ *   - F6_E2M3 / F6_E3M2: torch has no 6-bit dtype; a flat 1-D uint8 tensor of
+ *     the raw packed bytes (never unpacked).
+ *   - F4: float4_e2m1fn_x2, which packs two values per element: the torch
+ *     shape is the file shape with its last dimension halved. With an odd last
+ *     dimension there is no such shape: a flat 1-D float4_e2m1fn_x2 tensor of
+ *     the bytes.
+ *   - Bytes not aligned to the torch element size where they lie: an aligned
+ *     copy, never a misaligned zero-copy view.
+ *   - Every other dtype: its torch dtype with the file shape. */
+
+/** torch's Python name of the dtype a file dtype loads as ("float32",
+ *  "float4_e2m1fn_x2"; "uint8" for the F6 dtypes' raw bytes), or NULL when
+ *  out of range. Static storage. */
+ST_API const char *st_dtype_torch_name(st_dtype dtype);
+/** The same torch dtype's c10::ScalarType name, as c10::toString writes it
+ *  ("Float", "Float4_e2m1fn_x2", "Byte"), or NULL when out of range. */
+ST_API const char *st_dtype_c10_name(st_dtype dtype);
+/** File values per torch element: 1; 2 for F4 (pairs); 0 for the F6 dtypes
+ *  (raw bytes, no torch element) and when out of range. */
+ST_API unsigned st_dtype_torch_values(st_dtype dtype);
+/** The file dtype a torch dtype saves as, by torch's Python name ("float32",
+ *  with or without a "torch." prefix) or its c10 name ("Float"), len bytes.
+ *  Never an F6 dtype. Statuses: ST_OK, ST_ERR_NOT_FOUND (also for NULL). */
+ST_API st_status st_dtype_from_torch_name(const char *name, size_t len,
+                                          st_dtype *out);
 
 /* ==========================================================================
  * Allocation
@@ -299,6 +329,38 @@ ST_API st_status st_tensor_name_order(const st_file *file, size_t k,
  *  Statuses: ST_ERR_NOT_FOUND, ST_ERR_INVALID_ARGUMENT. */
 ST_API st_status st_tensor_find(const st_file *file, const char *name,
                                 size_t len, size_t *index);
+
+/* The view policy of the bindings (see "The torch mapping" above). */
+/* Flags of st_torch_view. */
+#define ST_VIEW_PACKED 0x1u /* F4 pairs: the torch shape's last dimension is
+                               half the file's */
+#define ST_VIEW_FLAT 0x2u   /* no torch shape: a 1-D tensor of numel elements
+                               holding the raw bytes */
+#define ST_VIEW_COPY 0x4u   /* the bytes are not aligned to element_size where
+                               they lie (in the mapping or the caller's
+                               memory; pread backend: at their file offset):
+                               load an aligned copy, never a view */
+
+/* How one tensor of a file becomes a torch tensor. The torch shape is the
+ * file shape (st_tensor_info.shape) with its last dimension replaced by
+ * last_dim, or [numel] when ST_VIEW_FLAT. */
+typedef struct st_torch_view {
+  st_dtype dtype;         /* the file dtype */
+  uint32_t flags;         /* ST_VIEW_* */
+  const char *torch_name; /* as st_dtype_torch_name (static storage) */
+  const char *c10_name;   /* as st_dtype_c10_name (static storage) */
+  uint64_t element_size;  /* bytes per torch element (1: F4 pairs, raw) */
+  uint64_t numel;         /* torch elements: byte size / element_size */
+  uint32_t rank;          /* torch rank: 1 when ST_VIEW_FLAT, else the file's */
+  uint32_t reserved0;     /* zero */
+  uint64_t last_dim;      /* the torch shape's last dimension (rank > 0) */
+  uint64_t reserved[4];   /* zero; room to grow */
+} st_torch_view;
+
+/** Fills *out with the view policy's answer for tensor index of file.
+ *  Statuses: ST_ERR_INVALID_ARGUMENT (NULL, index out of range). */
+ST_API st_status st_tensor_torch_view(const st_file *file, size_t index,
+                                      st_torch_view *out);
 
 /* --- Metadata ----------------------------------------------------------- */
 

@@ -30,4 +30,8 @@ size_t st__utf8_check(const unsigned char *s, size_t len);
 /* Bits per element of a valid dtype. */
 unsigned st__dtype_bits(st_dtype dtype);
 
+/* The reference writer's rank of a valid dtype (it sorts by rank,
+ * descending); not the enum number. */
+unsigned st__dtype_rank(st_dtype dtype);
+
 #endif /* ST_CORE_INTERNAL_H */
