@@ -61,12 +61,19 @@ extern "C" {
  * Version
  * ========================================================================== */
 
+/* The project's one version number: CMake, the Python package metadata
+ * (pyproject.toml) and torch_safetensors.__version__ are all read from these
+ * three lines. */
 #define ST_VERSION_MAJOR 0
 #define ST_VERSION_MINOR 1
 #define ST_VERSION_PATCH 0
 #define ST_VERSION_NUMBER \
   (ST_VERSION_MAJOR * 10000 + ST_VERSION_MINOR * 100 + ST_VERSION_PATCH)
-#define ST_VERSION_STRING "0.1.0"
+#define ST_VERSION_QUOTE_(x) #x
+#define ST_VERSION_QUOTE(x) ST_VERSION_QUOTE_(x)
+#define ST_VERSION_STRING                                              \
+  ST_VERSION_QUOTE(ST_VERSION_MAJOR) "." ST_VERSION_QUOTE(ST_VERSION_MINOR) \
+  "." ST_VERSION_QUOTE(ST_VERSION_PATCH)
 
 /** The library's ST_VERSION_NUMBER, as built. */
 ST_API unsigned st_version_number(void);
