@@ -1,5 +1,7 @@
 # The two commands: `make test` and `make demo`. Both install what they need
-# (Debian packages, .venv) idempotently.
+# (Debian packages, .venv) idempotently. `make check` is the quick edit-test
+# loop: build, the C tests and the Python tests, without the sanitizer, fuzz,
+# 32-bit, C++ adapter and benchmark builds that `make test` adds.
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -9,7 +11,7 @@ BUILD := build
 ASAN_BUILD := build-asan
 CMAKE_FLAGS ?=
 
-.PHONY: all deps venv build build-asan test test-c test-asan check-symbols \
+.PHONY: all deps venv build build-asan test check test-c test-asan check-symbols \
         check-header check-install test-python python-install demo clean
 
 all: build
@@ -69,6 +71,8 @@ EXTRA_TESTS :=
 -include $(sort $(wildcard mk/*.mk))
 
 test: deps check-header test-c check-symbols check-install test-asan test-python $(EXTRA_TESTS)
+
+check: deps test-c test-python
 
 demo: build venv python-install
 	ST_LIBRARY=$(CURDIR)/$(BUILD)/libsafetensors.so ST_CLI=$(CURDIR)/$(BUILD)/safetensors \
