@@ -1,6 +1,11 @@
 // The LibTorch adapter: at::Tensor over st_file, and st_writer from at::Tensor.
 // Narrow ATen/c10 headers only; the Module half lives in module.cpp so this
 // TU stays cheap to compile.
+
+// The owned loads run on the copy engine (st_plan_*), which is in the C API's
+// experimental tier. Defined here only: torch.hpp never asks for that tier, so
+// consumers of the adapter do not get it.
+#define ST_EXPERIMENTAL_API
 #include <safetensors/torch.hpp>
 
 #include "record.hpp"
@@ -14,6 +19,7 @@
 #include <c10/core/TensorOptions.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <sstream>
 
@@ -118,40 +124,46 @@ std::vector<std::string> TensorDict::keys() const {
 // Dtypes
 // ==========================================================================
 
-std::optional<at::ScalarType> to_scalar_type(st_dtype dtype) {
-  switch (dtype) {
-    case ST_BOOL: return at::kBool;
-    case ST_F4: return at::ScalarType::Float4_e2m1fn_x2;
-    case ST_F6_E2M3:
-    case ST_F6_E3M2: return std::nullopt;
-    case ST_U8: return at::kByte;
-    case ST_I8: return at::kChar;
-    case ST_F8_E5M2: return at::ScalarType::Float8_e5m2;
-    case ST_F8_E4M3: return at::ScalarType::Float8_e4m3fn;
-    case ST_F8_E8M0: return at::ScalarType::Float8_e8m0fnu;
-    case ST_F8_E4M3FNUZ: return at::ScalarType::Float8_e4m3fnuz;
-    case ST_F8_E5M2FNUZ: return at::ScalarType::Float8_e5m2fnuz;
-    case ST_I16: return at::kShort;
-    case ST_U16: return at::ScalarType::UInt16;
-    case ST_F16: return at::kHalf;
-    case ST_BF16: return at::kBFloat16;
-    case ST_I32: return at::kInt;
-    case ST_U32: return at::ScalarType::UInt32;
-    case ST_F32: return at::kFloat;
-    case ST_C64: return at::kComplexFloat;
-    case ST_F64: return at::kDouble;
-    case ST_I64: return at::kLong;
-    case ST_U64: return at::ScalarType::UInt64;
+namespace {
+
+// File dtype -> the scalar type its tensors load as (F6: Byte, raw bytes),
+// matched by name against the C core's table once: no dtype facts in C++.
+// nullopt where this LibTorch lacks the type.
+using LoadTypes = std::array<std::optional<at::ScalarType>, ST_DTYPE_COUNT>;
+
+LoadTypes match_load_types() {
+  LoadTypes out;
+  for (int d = 0; d < ST_DTYPE_COUNT; ++d) {
+    const char *name = st_dtype_c10_name(static_cast<st_dtype>(d));
+    for (int s = 0; name && s < static_cast<int>(at::ScalarType::NumOptions); ++s) {
+      auto type = static_cast<at::ScalarType>(s);
+      if (std::strcmp(c10::toString(type), name) == 0) {
+        out[static_cast<size_t>(d)] = type;
+        break;
+      }
+    }
   }
-  return std::nullopt;
+  return out;
+}
+
+std::optional<at::ScalarType> load_type(st_dtype dtype) {
+  static const LoadTypes types = match_load_types();
+  auto d = static_cast<size_t>(dtype);
+  return d < types.size() ? types[d] : std::nullopt;
+}
+
+}  // namespace
+
+std::optional<at::ScalarType> to_scalar_type(st_dtype dtype) {
+  if (st_dtype_torch_values(dtype) == 0) return std::nullopt;  // F6: no torch element
+  return load_type(dtype);
 }
 
 std::optional<st_dtype> to_st_dtype(at::ScalarType type) {
-  for (int d = 0; d < ST_DTYPE_COUNT; ++d) {
-    auto st = static_cast<st_dtype>(d);
-    if (to_scalar_type(st) == type) return st;
-  }
-  return std::nullopt;
+  const char *name = c10::toString(type);
+  st_dtype out;
+  if (st_dtype_from_torch_name(name, std::strlen(name), &out) != ST_OK) return std::nullopt;
+  return out;
 }
 
 // ==========================================================================
@@ -171,40 +183,35 @@ std::string tensor_name(const st_tensor_info &info) {
   return std::string(info.name, info.name_len);
 }
 
-// How a tensor of the file looks in torch.
+// How tensor index of the file looks in torch: the C core's view policy
+// (st_tensor_torch_view) with the sizes spelled for ATen.
 struct TorchView {
   at::ScalarType type;
   std::vector<int64_t> sizes;
   uint64_t nbytes;
+  bool copy;  // ST_VIEW_COPY: never view the bytes where they lie
 };
 
-TorchView torch_view(const st_tensor_info &info, const LoadOptions &options) {
-  TorchView v{at::kByte, {}, info.data_end - info.data_begin};
-  for (uint32_t i = 0; i < info.rank; ++i) {
-    if (info.shape[i] > static_cast<uint64_t>(INT64_MAX))
-      throw Error(ST_ERR_VALIDATION_OVERFLOW, "dimension too large for torch",
-                  ST_NO_OFFSET, tensor_name(info));
-    v.sizes.push_back(static_cast<int64_t>(info.shape[i]));
-  }
-  auto type = to_scalar_type(info.dtype);
-  bool halvable = info.dtype != ST_F4 || (info.rank > 0 && v.sizes.back() % 2 == 0);
-  if (type && halvable) {
-    v.type = *type;
-    if (info.dtype == ST_F4) v.sizes.back() /= 2;
-    return v;
-  }
-  if (!options.unsupported_as_bytes)
-    throw Error(ST_ERR_UNSUPPORTED,
-                info.dtype == ST_F4 ? "F4 tensor with an odd last dimension has no torch shape"
-                                    : "dtype has no torch counterpart",
+TorchView torch_view(const st_file *f, size_t index, const st_tensor_info &info) {
+  st_torch_view v;
+  if (st_tensor_torch_view(f, index, &v) != ST_OK)
+    throw Error(ST_ERR_INVALID_ARGUMENT, "no torch view", ST_NO_OFFSET, tensor_name(info));
+  auto type = load_type(v.dtype);
+  if (!type)
+    throw Error(ST_ERR_UNSUPPORTED, std::string("this LibTorch has no ") + v.c10_name,
                 ST_NO_OFFSET, tensor_name(info));
-  v.sizes = {static_cast<int64_t>(v.nbytes)};
-  return v;
-}
-
-bool aligned_for(const void *p, at::ScalarType type) {
-  auto size = static_cast<uintptr_t>(c10::elementSize(type));
-  return size == 0 || reinterpret_cast<uintptr_t>(p) % size == 0;
+  TorchView out{*type, {}, info.data_end - info.data_begin, (v.flags & ST_VIEW_COPY) != 0};
+  if (v.flags & ST_VIEW_FLAT) {
+    out.sizes.push_back(static_cast<int64_t>(v.numel));
+  } else {
+    out.sizes.assign(info.shape, info.shape + info.rank);
+    if (info.rank > 0) out.sizes.back() = static_cast<int64_t>(v.last_dim);
+  }
+  for (int64_t d : out.sizes)
+    if (d < 0)  // a dimension over INT64_MAX
+      throw Error(ST_ERR_VALIDATION_OVERFLOW, "dimension too large for torch", ST_NO_OFFSET,
+                  tensor_name(info));
+  return out;
 }
 
 bool has_name(const void *ctx, const std::string &name) {
@@ -321,26 +328,25 @@ at::Tensor File::load_index(size_t index, const LoadOptions &options) const {
   const st_file *f = checked();
   st_tensor_info info;
   check(path_, [&](st_error *) { return st_tensor_get(f, index, &info); });
-  TorchView v = torch_view(info, options);
+  TorchView v = torch_view(f, index, info);
 
-  if (st_file_backend(f) == ST_BACKEND_MMAP && !options.copy) {
+  if (st_file_backend(f) == ST_BACKEND_MMAP && !options.copy && !v.copy) {
     const void *data = nullptr;
     check(path_, [&](st_error *) { return st_tensor_data(f, index, &data); });
-    if (aligned_for(data, v.type)) {
-      // The mapping is private and writable: casting away const is the
-      // contract of ST_OPEN_MAP_PRIVATE_WRITABLE.
-      c10::DataPtr ptr(const_cast<void *>(data), new FileRef{handle_}, &release_file_ref,
-                       c10::Device(c10::kCPU));
-      c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<size_t>(v.nbytes),
-                           std::move(ptr), /*allocator=*/nullptr, /*resizable=*/false);
-      at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(
-          std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU),
-          c10::scalarTypeToTypeMeta(v.type));
-      t.unsafeGetTensorImpl()->set_sizes_contiguous(v.sizes);
-      return options.device.is_cpu() ? t : t.to(options.device);
-    }
+    // The mapping is private and writable: casting away const is the
+    // contract of ST_OPEN_MAP_PRIVATE_WRITABLE.
+    c10::DataPtr ptr(const_cast<void *>(data), new FileRef{handle_}, &release_file_ref,
+                     c10::Device(c10::kCPU));
+    c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<size_t>(v.nbytes),
+                         std::move(ptr), /*allocator=*/nullptr, /*resizable=*/false);
+    at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(
+        std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU),
+        c10::scalarTypeToTypeMeta(v.type));
+    t.unsafeGetTensorImpl()->set_sizes_contiguous(v.sizes);
+    return options.device.is_cpu() ? t : t.to(options.device);
   }
-  // Owned memory: the copy engine reads straight into the tensor.
+  // Owned memory (aligned by the allocator): the copy engine reads straight
+  // into the tensor.
   at::Tensor t = at::empty(v.sizes, at::TensorOptions().dtype(v.type));
   if (v.nbytes > 0) {
     check(path_, [&](st_error *e) {
@@ -385,7 +391,7 @@ TensorDict File::tensors(const LoadOptions &options) const {
       if (!wanted[i] && !alias_of.count(i)) continue;
       st_tensor_info info;
       check(path_, [&](st_error *) { return st_tensor_get(f, i, &info); });
-      TorchView v = torch_view(info, options);
+      TorchView v = torch_view(f, i, info);
       loaded[i] = at::empty(v.sizes, at::TensorOptions().dtype(v.type));
       if (v.nbytes == 0) continue;
       check(path_, [&](st_error *e) {

@@ -15,15 +15,16 @@
 //     changes the file. Each storage holds a reference to the open file, so
 //     the mapping lives as long as any tensor uses it -- after File::close(),
 //     after the File object is gone, after the file is deleted -- and is
-//     unmapped with the last one. Tensors whose bytes are not aligned to
-//     their element size (files from foreign writers) are copied instead.
-//   - Other devices load through a CPU staging tensor, then .to(device).
-//   - Dtypes: every format dtype with a torch counterpart (shared/FORMAT.md).
-//     F4 is float4_e2m1fn_x2, two values per byte, so the torch shape is the
-//     file shape with the last dimension halved. F6_E2M3 / F6_E3M2 have no
-//     torch dtype: refused (ST_ERR_UNSUPPORTED) unless
-//     LoadOptions::unsupported_as_bytes asks for a flat uint8 tensor of the
-//     raw bytes.
+//     unmapped with the last one.
+//   - Dtypes and shapes follow the C core's one view policy
+//     (st_tensor_torch_view in <safetensors.h>), as the Python package does:
+//     every format dtype loads as its torch dtype with the file shape, except
+//     F4, which is float4_e2m1fn_x2 (two values per element: the last
+//     dimension halved; with an odd last dimension or rank 0, a flat 1-D
+//     tensor of its bytes), and F6_E2M3 / F6_E3M2, which torch lacks: a flat
+//     1-D uint8 tensor of the raw packed bytes. Tensors whose bytes are not
+//     aligned to their element size (files from foreign writers) are loaded
+//     as an aligned copy, never as a misaligned view.
 //   - Errors. Every failure throws safetensors::Error, which carries the C
 //     status (st_status), the byte offset in the file (ST_NO_OFFSET when none
 //     applies) and the offending tensor name.
@@ -156,9 +157,6 @@ struct LoadOptions {
   std::function<bool(const std::string &)> filter;
   // CPU + mmap: copy into owned memory instead of viewing the mapping.
   bool copy = false;
-  // F6 tensors (and F4 tensors whose last dimension is odd) come back as a
-  // flat uint8 tensor of their raw bytes instead of being refused.
-  bool unsupported_as_bytes = false;
   // Prefault the mapping (MAP_POPULATE).
   bool populate = false;
 };
@@ -280,9 +278,11 @@ ST_TORCH_API std::vector<uint8_t> save_to_bytes(const TensorDict &tensors,
 // Dtypes
 // ==========================================================================
 
-// The torch dtype of a format dtype; nullopt for F6_E2M3 / F6_E3M2.
+// The torch dtype of a format dtype (from the C core's table); nullopt for
+// F6_E2M3 / F6_E3M2, which load as raw uint8 bytes, and for a dtype this
+// LibTorch lacks.
 ST_TORCH_API std::optional<at::ScalarType> to_scalar_type(st_dtype dtype);
-// The format dtype of a torch dtype; nullopt when the format has none.
+// The format dtype a torch dtype saves as; nullopt when the format has none.
 ST_TORCH_API std::optional<st_dtype> to_st_dtype(at::ScalarType type);
 
 }  // namespace safetensors

@@ -151,22 +151,17 @@ TEST(Dtypes, CppSaveIsByteIdenticalToTheReference) {
   EXPECT_EQ(ours, sttest::read_file(path));
 }
 
-TEST(Dtypes, F6IsRefusedOrRawBytes) {
+TEST(Dtypes, F6LoadsAsFlatRawBytes) {
   std::string path = fixture("f6.safetensors");
   if (path.empty()) GTEST_SKIP() << "no Python fixtures (ST_CPP_FIXTURES)";
-  try {
-    st::load(path);
-    FAIL() << "F6 loaded";
-  } catch (const st::Error &e) {
-    EXPECT_EQ(e.status(), ST_ERR_UNSUPPORTED);
-    EXPECT_EQ(e.name(), "x");
+  for (auto backend : {st::Backend::mmap, st::Backend::pread}) {
+    st::LoadOptions opts;
+    opts.backend = backend;
+    at::Tensor x = st::load(path, opts).at("x");
+    EXPECT_EQ(x.scalar_type(), at::kByte);
+    EXPECT_EQ(x.sizes(), (std::vector<int64_t>{6}));
+    EXPECT_EQ(bytes_of(x), sttest::pattern(6, 5));
   }
-  st::LoadOptions opts;
-  opts.unsupported_as_bytes = true;
-  at::Tensor x = st::load(path, opts).at("x");
-  EXPECT_EQ(x.scalar_type(), at::kByte);
-  EXPECT_EQ(x.sizes(), (std::vector<int64_t>{6}));
-  EXPECT_EQ(bytes_of(x), sttest::pattern(6, 5));
 }
 
 TEST(Save, RefusesWhatTheFormatCannotHold) {
