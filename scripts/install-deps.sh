@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and tests need, only when missing.
 set -euo pipefail
-pkgs=(cmake ninja-build pkg-config libjsmn-dev libgtest-dev clang libclang-rt-14-dev gcc-multilib)
+pkgs=(cmake ninja-build pkg-config libgtest-dev clang libclang-rt-14-dev gcc-multilib)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common/common.h"
 
 void *st__cli_xmalloc(size_t n) {
   void *p = malloc(n ? n : 1);
@@ -80,33 +81,6 @@ void st__cli_flush(st__cli_buf *b, FILE *f) {
   if (b->p) b->p[0] = '\0';
 }
 
-/* Length of the well-formed UTF-8 sequence at s (1..4), its code point in
- * *cp; 0 when the bytes are not well-formed (overlong, surrogate, cut). */
-static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp) {
-  unsigned c = s[0];
-  size_t len;
-  uint32_t v, min;
-  if (c < 0x80) {
-    *cp = c;
-    return 1;
-  } else if (c >= 0xC2 && c <= 0xDF) {
-    len = 2; v = c & 0x1Fu; min = 0x80;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    len = 3; v = c & 0x0Fu; min = 0x800;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    len = 4; v = c & 0x07u; min = 0x10000;
-  } else {
-    return 0;
-  }
-  if (n < len) return 0;
-  for (size_t i = 1; i < len; i++) {
-    if ((s[i] & 0xC0u) != 0x80u) return 0;
-    v = (v << 6) | (s[i] & 0x3Fu);
-  }
-  if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
-  *cp = v;
-  return len;
-}
 
 /* Code points a terminal may act on or that reorder the text around them. */
 static int cp_is_hidden(uint32_t cp) {
@@ -121,7 +95,7 @@ size_t st__cli_escape_text(st__cli_buf *b, const char *s, size_t n) {
   char tmp[16];
   while (i < n) {
     uint32_t cp = 0;
-    size_t len = utf8_decode(u + i, n - i, &cp);
+    size_t len = st__utf8_decode(u + i, n - i, &cp);
     if (len == 0) {
       snprintf(tmp, sizeof tmp, "\\x%02x", u[i]);
       st__cli_buf_puts(b, tmp);
@@ -159,7 +133,7 @@ void st__cli_escape_json(st__cli_buf *b, const char *s, size_t n) {
   st__cli_buf_put(b, "\"", 1);
   while (i < n) {
     uint32_t cp = 0;
-    size_t len = utf8_decode(u + i, n - i, &cp);
+    size_t len = st__utf8_decode(u + i, n - i, &cp);
     const char *esc = NULL;
     if (len == 0) {
       esc = "\\ufffd";

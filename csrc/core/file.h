@@ -53,6 +53,9 @@ struct st_file {
   size_t *name_order;        /* file-order indices sorted by name */
   st__meta *meta;            /* sorted by key */
   size_t nmeta;
+  /* Set by the I/O layer (core makes no system calls): populates the page
+   * tables of a fresh block of bytes, best effort; NULL: nothing. */
+  void (*populate)(void *p, size_t bytes);
 };
 
 /* Parses and validates header (n bytes, file bytes 8..8+n) against a file of

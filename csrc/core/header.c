@@ -1,36 +1,14 @@
-/* The header: a strict JSON syntax scan, jsmn tokenization, the semantic
- * walk over the tokens, and validation of the tensor table.
- *
- * jsmn is lenient (it accepts stray and missing commas and colons, trailing
- * commas, bad primitives) and its bracket handling costs O(depth) per
- * bracket, so a linear pre-scan checks the complete JSON grammar, the
- * nesting limit and every string first, and counts the tokens. jsmn then
- * only has to cut a text already known to be valid. */
+/* The header: the strict JSON reader of csrc/common (grammar, UTF-8,
+ * nesting limit, tokens), then the semantic walk over the tokens and the
+ * validation of the tensor table. */
 #include <limits.h>
-#include <sys/mman.h>
-#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "checked.h"
+#include "common/checked.h"
+#include "common/json.h"
 #include "file.h"
 #include "internal.h"
-
-#define JSMN_STATIC
-#define JSMN_STRICT
-#define JSMN_PARENT_LINKS
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wconversion"
-#pragma GCC diagnostic ignored "-Wsign-conversion"
-#pragma GCC diagnostic ignored "-Wsign-compare"
-#pragma GCC diagnostic ignored "-Wmissing-prototypes"
-#pragma GCC diagnostic ignored "-Wunused-function"
-#endif
-#include <jsmn.h>
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
 
 #define HDR 8u /* file offset of header byte 0 */
 
@@ -44,260 +22,6 @@ static st_status nfail(st_error *err, st_status code, const char *msg,
   return st__fail(err, code, msg, pos, (const char *)name, len, 0);
 }
 
-static bool is_ws(unsigned c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
-static bool is_digit(unsigned c) { return c >= '0' && c <= '9'; }
-
-static int hex_val(unsigned c) {
-  if (c >= '0' && c <= '9') return (int)(c - '0');
-  if (c >= 'a' && c <= 'f') return (int)(c - 'a' + 10);
-  if (c >= 'A' && c <= 'F') return (int)(c - 'A' + 10);
-  return -1;
-}
-
-/* Four hex digits at s[i..i+4), or -1. */
-static long hex4(const unsigned char *s, size_t i, size_t n) {
-  if (i > n || n - i < 4) return -1;
-  long v = 0;
-  for (size_t k = 0; k < 4; k++) {
-    int d = hex_val(s[i + k]);
-    if (d < 0) return -1;
-    v = v * 16 + d;
-  }
-  return v;
-}
-
-/* ---- pre-scan: the complete JSON grammar, in one linear pass ---------- */
-
-typedef struct scan {
-  const unsigned char *h;
-  size_t n;
-  st_error *err;
-} scan;
-
-/* A string starting at the quote at i; *end gets the index after the
- * closing quote. */
-static st_status scan_string(const scan *s, size_t i, size_t *end) {
-  const unsigned char *h = s->h;
-  size_t n = s->n;
-  size_t j = i + 1;
-  for (;;) {
-    if (j >= n) return jfail(s->err, ST_ERR_HEADER_DESERIALIZATION, "unterminated string", n);
-    unsigned c = h[j];
-    if (c == '"') break;
-    if (c < 0x20) return jfail(s->err, ST_ERR_HEADER_DESERIALIZATION, "control character in a string", j);
-    if (c != '\\') {
-      j++;
-      continue;
-    }
-    if (j + 1 >= n) return jfail(s->err, ST_ERR_HEADER_DESERIALIZATION, "unterminated string", n);
-    switch (h[j + 1]) {
-      case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
-        j += 2;
-        break;
-      case 'u': {
-        long u = hex4(h, j + 2, n);
-        if (u < 0) return jfail(s->err, ST_ERR_HEADER_DESERIALIZATION, "invalid \\u escape", j);
-        if (u >= 0xDC00 && u <= 0xDFFF)
-          return jfail(s->err, ST_ERR_HEADER_DESERIALIZATION, "lone low surrogate", j);
-        if (u >= 0xD800 && u <= 0xDBFF) {
-          long lo = -1;
-          if (j + 7 < n && h[j + 6] == '\\' && h[j + 7] == 'u') lo = hex4(h, j + 8, n);
-          if (lo < 0xDC00 || lo > 0xDFFF)
-            return jfail(s->err, ST_ERR_HEADER_DESERIALIZATION, "lone high surrogate", j);
-          j += 12;
-        } else {
-          j += 6;
-        }
-        break;
-      }
-      default:
-        return jfail(s->err, ST_ERR_HEADER_DESERIALIZATION, "invalid escape", j);
-    }
-  }
-  *end = j + 1;
-  return ST_OK;
-}
-
-/* DBL_MAX. The reference (serde_json) rejects a number whose value it
- * computes as infinite, anywhere, even in ignored fields; its conversion is
- * not correctly rounded, so only values within an ulp of DBL_MAX can get a
- * different verdict here. Never parsed through double. */
-static const char f64_max[] = "1797693134862315708145274237317043567980";
-
-/* A number starting at i (grammar checked); *end gets the index after it. */
-static st_status scan_number(const scan *s, size_t i, size_t *end) {
-  const unsigned char *h = s->h;
-  size_t n = s->n, j = i;
-  if (h[j] == '-') j++;
-  if (j >= n || !is_digit(h[j])) return jfail(s->err, ST_ERR_HEADER_DESERIALIZATION, "invalid number", j);
-  size_t int_begin = j;
-  if (h[j] == '0') {
-    j++;
-  } else {
-    while (j < n && is_digit(h[j])) j++;
-  }
-  size_t int_end = j, frac_begin = j, frac_end = j;
-  if (j < n && h[j] == '.') {
-    j++;
-    frac_begin = j;
-    if (j >= n || !is_digit(h[j])) return jfail(s->err, ST_ERR_HEADER_DESERIALIZATION, "invalid number", j);
-    while (j < n && is_digit(h[j])) j++;
-    frac_end = j;
-  }
-  int64_t exp = 0;
-  if (j < n && (h[j] == 'e' || h[j] == 'E')) {
-    j++;
-    bool neg = false;
-    if (j < n && (h[j] == '+' || h[j] == '-')) neg = h[j++] == '-';
-    if (j >= n || !is_digit(h[j])) return jfail(s->err, ST_ERR_HEADER_DESERIALIZATION, "invalid number", j);
-    while (j < n && is_digit(h[j])) {
-      if (exp < 1000000000) exp = exp * 10 + (h[j] - '0'); /* saturates */
-      j++;
-    }
-    if (neg) exp = -exp;
-  }
-  *end = j;
-  /* Decimal exponent of the first significant digit. */
-  size_t int_len = int_end - int_begin, frac_len = frac_end - frac_begin;
-  size_t first = SIZE_MAX;
-  for (size_t k = 0; k < int_len + frac_len; k++) {
-    unsigned d = k < int_len ? h[int_begin + k] : h[frac_begin + k - int_len];
-    if (d != '0') {
-      first = k;
-      break;
-    }
-  }
-  if (first == SIZE_MAX) return ST_OK; /* zero */
-  /* int_len and first are < 2^31 (the header is), so this cannot wrap. */
-  int64_t e10 = (int64_t)int_len - 1 - (int64_t)first + exp;
-  bool too_big = e10 > 308;
-  if (e10 == 308) {
-    for (size_t k = 0; k < sizeof f64_max - 1; k++) {
-      size_t at = first + k;
-      unsigned d = at < int_len ? h[int_begin + at]
-                 : at < int_len + frac_len ? h[frac_begin + at - int_len] : '0';
-      if (d != (unsigned char)f64_max[k]) {
-        too_big = d > (unsigned char)f64_max[k];
-        break;
-      }
-    }
-  }
-  if (too_big) return jfail(s->err, ST_ERR_HEADER_DESERIALIZATION, "number out of range", i);
-  return ST_OK;
-}
-
-enum { S_VALUE, S_VALUE_OR_CLOSE, S_KEY, S_KEY_OR_CLOSE, S_COLON, S_AFTER, S_END };
-
-/* Checks the whole text against the JSON grammar with a root object, and
- * the nesting limit; counts the tokens jsmn will produce. */
-static st_status prescan(const unsigned char *h, size_t n, uint32_t max_depth,
-                         const st_allocator *a, size_t *ntok, st_error *err) {
-  scan s = {h, n, err};
-  uint64_t local[4];
-  uint64_t *stack = local; /* one bit per level: 1 = object */
-  size_t cap = max_depth < n ? max_depth : n;
-  if (cap > 64 * 4) {
-    stack = st__malloc(a, (cap / 64 + 1) * sizeof *stack);
-    if (stack == NULL) return st__fail(err, ST_ERR_NOMEM, "cannot allocate the nesting stack", ST_NO_OFFSET, NULL, 0, 0);
-  }
-  st_status st = ST_OK;
-  size_t depth = 0, count = 0, i = 0;
-  int state = S_VALUE;
-  while (i < n) {
-    unsigned c = h[i];
-    if (is_ws(c)) {
-      i++;
-      continue;
-    }
-    bool in_obj = depth > 0 && ((stack[(depth - 1) / 64] >> ((depth - 1) % 64)) & 1u);
-    switch (state) {
-      case S_END:
-        st = jfail(err, ST_ERR_HEADER_DESERIALIZATION, "trailing characters after the root object", i);
-        goto done;
-      case S_COLON:
-        if (c != ':') {
-          st = jfail(err, ST_ERR_HEADER_DESERIALIZATION, "expected ':'", i);
-          goto done;
-        }
-        state = S_VALUE;
-        i++;
-        continue;
-      case S_AFTER:
-        if (c == ',') {
-          state = in_obj ? S_KEY : S_VALUE;
-          i++;
-          continue;
-        }
-        if ((c == '}' && in_obj) || (c == ']' && !in_obj)) goto close;
-        st = jfail(err, ST_ERR_HEADER_DESERIALIZATION,
-                   in_obj ? "expected ',' or '}'" : "expected ',' or ']'", i);
-        goto done;
-      case S_KEY_OR_CLOSE:
-        if (c == '}') goto close;
-        /* fall through */
-      case S_KEY:
-        if (c != '"') {
-          st = jfail(err, ST_ERR_HEADER_DESERIALIZATION, "expected a string key", i);
-          goto done;
-        }
-        if ((st = scan_string(&s, i, &i)) != ST_OK) goto done;
-        count++;
-        state = S_COLON;
-        continue;
-      case S_VALUE_OR_CLOSE:
-        if (c == ']') goto close;
-        break;
-      default:
-        break;
-    }
-    /* A value. */
-    if (depth == 0 && c != '{') {
-      st = jfail(err, ST_ERR_HEADER_DESERIALIZATION, "the header is not a JSON object", i);
-      goto done;
-    }
-    count++;
-    if (c == '{' || c == '[') {
-      if (depth >= max_depth) {
-        st = jfail(err, ST_ERR_LIMIT, "nesting deeper than the limit", i);
-        goto done;
-      }
-      uint64_t bit = (uint64_t)1 << (depth % 64);
-      if (c == '{') stack[depth / 64] |= bit;
-      else stack[depth / 64] &= ~bit;
-      depth++;
-      state = c == '{' ? S_KEY_OR_CLOSE : S_VALUE_OR_CLOSE;
-      i++;
-      continue;
-    }
-    if (c == '"') {
-      if ((st = scan_string(&s, i, &i)) != ST_OK) goto done;
-    } else if (c == '-' || is_digit(c)) {
-      if ((st = scan_number(&s, i, &i)) != ST_OK) goto done;
-    } else {
-      const char *lit = c == 't' ? "true" : c == 'f' ? "false" : c == 'n' ? "null" : NULL;
-      size_t len = lit != NULL ? strlen(lit) : 0;
-      if (lit == NULL || n - i < len || memcmp(h + i, lit, len) != 0) {
-        size_t at = i;
-        while (lit != NULL && at < n && at - i < len && h[at] == (unsigned char)lit[at - i]) at++;
-        st = jfail(err, ST_ERR_HEADER_DESERIALIZATION, "invalid value", at);
-        goto done;
-      }
-      i += len;
-    }
-    state = S_AFTER;
-    continue;
-  close:
-    depth--;
-    i++;
-    state = depth == 0 ? S_END : S_AFTER;
-  }
-  if (state != S_END) st = jfail(err, ST_ERR_HEADER_DESERIALIZATION, "unexpected end of the header", n);
-done:
-  if (stack != local) st__free(a, stack);
-  *ntok = count;
-  return st;
-}
-
 /* ---- strings: escapes decoded ------------------------------------------- */
 
 typedef struct strview {
@@ -306,174 +30,61 @@ typedef struct strview {
   size_t pos;             /* header index of s[0] */
 } strview;
 
-/* Decodes one character at *i into out (1..4 bytes); *cp gets the code
- * point for escapes (UINT32_MAX for raw bytes). The grammar is checked. */
-static size_t decode_one(const strview *v, size_t *i, unsigned char out[4], uint32_t *cp) {
-  const unsigned char *s = v->s;
-  unsigned c = s[*i];
-  *cp = UINT32_MAX;
-  if (c != '\\' || *i + 1 >= v->len) {
-    out[0] = (unsigned char)c;
-    (*i)++;
-    return 1;
-  }
-  unsigned e = s[*i + 1];
-  *i += 2;
-  switch (e) {
-    case 'b': out[0] = '\b'; return 1;
-    case 'f': out[0] = '\f'; return 1;
-    case 'n': out[0] = '\n'; return 1;
-    case 'r': out[0] = '\r'; return 1;
-    case 't': out[0] = '\t'; return 1;
-    case 'u': break;
-    default: out[0] = (unsigned char)e; return 1;
-  }
-  long u = hex4(s, *i, v->len);
-  if (u < 0) u = 0xFFFD;
-  else *i += 4;
-  uint32_t p = (uint32_t)u;
-  if (p >= 0xD800 && p <= 0xDBFF && *i + 1 < v->len && s[*i] == '\\') {
-    long lo = hex4(s, *i + 2, v->len);
-    if (lo >= 0xDC00 && lo <= 0xDFFF) {
-      p = 0x10000 + ((p - 0xD800) << 10) + ((uint32_t)lo - 0xDC00);
-      *i += 6;
-    }
-  }
-  *cp = p;
-  if (p < 0x80) {
-    out[0] = (unsigned char)p;
-    return 1;
-  }
-  if (p < 0x800) {
-    out[0] = (unsigned char)(0xC0 | (p >> 6));
-    out[1] = (unsigned char)(0x80 | (p & 0x3F));
-    return 2;
-  }
-  if (p < 0x10000) {
-    out[0] = (unsigned char)(0xE0 | (p >> 12));
-    out[1] = (unsigned char)(0x80 | ((p >> 6) & 0x3F));
-    out[2] = (unsigned char)(0x80 | (p & 0x3F));
-    return 3;
-  }
-  out[0] = (unsigned char)(0xF0 | (p >> 18));
-  out[1] = (unsigned char)(0x80 | ((p >> 12) & 0x3F));
-  out[2] = (unsigned char)(0x80 | ((p >> 6) & 0x3F));
-  out[3] = (unsigned char)(0x80 | (p & 0x3F));
-  return 4;
-}
-
 /* Decodes into out (room for v->len + 1 bytes), NUL-terminates, returns the
  * length. *nul_at gets the header index of a decoded U+0000, else SIZE_MAX. */
 static size_t decode_into(const strview *v, unsigned char *out, size_t *nul_at) {
-  *nul_at = SIZE_MAX;
-  if (memchr(v->s, '\\', v->len) == NULL) {
-    if (v->len > 0) memcpy(out, v->s, v->len);
-    out[v->len] = '\0';
-    return v->len;
-  }
-  size_t i = 0, o = 0;
-  while (i < v->len) {
-    size_t at = i;
-    uint32_t cp;
-    o += decode_one(v, &i, out + o, &cp);
-    if (cp == 0 && *nul_at == SIZE_MAX) *nul_at = v->pos + at;
-  }
-  out[o] = '\0';
-  return o;
+  size_t len = st__json_unescape(v->s, v->len, out, v->len + 1, NULL, nul_at);
+  if (*nul_at != SIZE_MAX) *nul_at += v->pos;
+  return len;
 }
 
 /* As nfail, naming a tensor by its raw key: the escapes are decoded for the
  * error record (only the prefix that fits is kept). */
 static st_status sfail(st_error *err, st_status code, const char *msg, uint64_t pos,
                        const strview *v) {
-  unsigned char buf[ST_ERROR_NAME_CAP + 4];
-  size_t i = 0, o = 0, full = 0;
-  while (i < v->len) {
-    unsigned char one[4];
-    uint32_t cp;
-    size_t k = decode_one(v, &i, one, &cp);
-    if (o + k < ST_ERROR_NAME_CAP) {
-      memcpy(buf + o, one, k);
-      o += k;
-    }
-    full += k;
-  }
+  unsigned char buf[ST_ERROR_NAME_CAP];
+  size_t o;
+  size_t full = st__json_unescape(v->s, v->len, buf, ST_ERROR_NAME_CAP - 1, &o, NULL);
   st_status st = st__fail(err, code, msg, pos, (const char *)buf, o, 0);
   if (err != NULL) err->name_len = full;
   return st;
 }
 
-/* Whether the decoded string equals the literal (which has no backslash).
- * Decoding never lengthens a string, so a raw string as long as the literal
- * is equal only byte for byte, a shorter one never, and only a longer one
- * (with escapes) needs decoding. */
 static bool str_is(const strview *v, const char *lit) {
-  size_t ll = strlen(lit);
-  if (v->len <= ll) return v->len == ll && memcmp(v->s, lit, ll) == 0;
-  if (memchr(v->s, '\\', v->len) == NULL) return false;
-  size_t i = 0, o = 0;
-  while (i < v->len) {
-    unsigned char buf[4];
-    uint32_t cp;
-    size_t k = decode_one(v, &i, buf, &cp);
-    if (o + k > ll || memcmp(buf, lit + o, k) != 0) return false;
-    o += k;
-  }
-  return o == ll;
+  return st__json_unescaped_is(v->s, v->len, lit, strlen(lit));
 }
 
 /* ---- the semantic walk ------------------------------------------------- */
 
 typedef struct walk {
   const unsigned char *h;
-  const jsmntok_t *t;
+  const st__json_tok *t;
   size_t ntok;
+  const st__json *doc;
   st_error *err;
 } walk;
 
 static strview tok_str(const walk *w, size_t k) {
   strview v;
-  v.s = w->h + w->t[k].start;
-  v.len = (size_t)(w->t[k].end - w->t[k].start);
-  v.pos = (size_t)w->t[k].start;
+  v.s = st__json_raw(w->doc, k, &v.len);
+  v.pos = w->t[k].start;
   return v;
 }
 
 /* File offset of a token: the opening quote of a string. */
 static uint64_t tok_pos(const walk *w, size_t k) {
-  int s = w->t[k].start;
-  if (w->t[k].type == JSMN_STRING) s--;
-  return (uint64_t)s + HDR;
+  return (uint64_t)st__json_pos(w->doc, k) + HDR;
 }
 
 /* Index of the token after the subtree rooted at k. */
-static size_t skip(const walk *w, size_t k) {
-  if (w->t[k].type != JSMN_OBJECT && w->t[k].type != JSMN_ARRAY) return k + 1;
-  int end = w->t[k].end;
-  size_t j = k + 1;
-  while (j < w->ntok && w->t[j].start < end) j++;
-  return j;
-}
+static size_t skip(const walk *w, size_t k) { return w->t[k].next; }
 
-/* A plain non-negative integer that fits 64 bits. */
 static bool tok_u64(const walk *w, size_t k, uint64_t *out) {
-  if (w->t[k].type != JSMN_PRIMITIVE) return false;
-  const unsigned char *s = w->h + w->t[k].start;
-  size_t len = (size_t)(w->t[k].end - w->t[k].start);
-  if (len == 0 || (s[0] == '0' && len > 1)) return false;
-  uint64_t v = 0;
-  for (size_t i = 0; i < len; i++) {
-    if (!is_digit(s[i])) return false;
-    if (st__mul_overflow_u64(v, 10, &v) || st__add_overflow_u64(v, (uint64_t)(s[i] - '0'), &v)) return false;
-  }
-  *out = v;
-  return true;
+  return st__json_u64(w->doc, k, out);
 }
 
 static int cmp_name(const char *a, size_t al, const char *b, size_t bl) {
-  int c = memcmp(a, b, al < bl ? al : bl);
-  if (c != 0) return c;
-  return al < bl ? -1 : al > bl;
+  return st__bytes_cmp(a, al, b, bl);
 }
 
 static int cmp_tensor_name(const void *pa, const void *pb) {
@@ -503,7 +114,7 @@ static int cmp_meta(const void *pa, const void *pb) {
 static st_status walk_entry(const walk *w, size_t k, size_t v,
                             const st_open_options *o, st__tensor *t) {
   strview name = tok_str(w, k);
-  if (w->t[v].type != JSMN_OBJECT)
+  if (w->t[v].type != ST__JSON_OBJECT)
     return sfail(w->err, ST_ERR_HEADER_DESERIALIZATION, "a tensor entry is not an object",
                  tok_pos(w, v), &name);
   bool have_dtype = false, have_shape = false, have_offsets = false;
@@ -511,7 +122,7 @@ static st_status walk_entry(const walk *w, size_t k, size_t v,
   t->aux = k;
   t->name_pos = tok_pos(w, k);
   size_t j = v + 1;
-  for (int f = 0; f < w->t[v].size; f++) {
+  for (uint32_t f = 0; f < w->t[v].size; f++) {
     size_t fk = j, fv = j + 1;
     if (fv >= w->ntok) return jfail(w->err, ST_ERR_HEADER_DESERIALIZATION, "truncated token stream", 0);
     strview field = tok_str(w, fk);
@@ -524,7 +135,7 @@ static st_status walk_entry(const walk *w, size_t k, size_t v,
                    tok_pos(w, fk), &name);
     if (seen == &have_dtype) {
       st_status bad = ST_ERR_HEADER_DESERIALIZATION;
-      if (w->t[fv].type != JSMN_STRING)
+      if (w->t[fv].type != ST__JSON_STRING)
         return sfail(w->err, bad, "dtype is not a string", tok_pos(w, fv), &name);
       strview d = tok_str(w, fv);
       /* Longest name (11 bytes), every byte spelled as a \uXXXX escape. */
@@ -536,7 +147,7 @@ static st_status walk_entry(const walk *w, size_t k, size_t v,
       if (st_dtype_from_name((const char *)buf, dl, &t->dtype) != ST_OK)
         return sfail(w->err, bad, "unknown dtype", tok_pos(w, fv), &name);
     } else if (seen == &have_shape) {
-      if (w->t[fv].type != JSMN_ARRAY)
+      if (w->t[fv].type != ST__JSON_ARRAY)
         return sfail(w->err, ST_ERR_HEADER_DESERIALIZATION, "shape is not an array",
                      tok_pos(w, fv), &name);
       size_t rank = (size_t)w->t[fv].size;
@@ -556,7 +167,7 @@ static st_status walk_entry(const walk *w, size_t k, size_t v,
       t->numel = numel;
       t->shape_tok = fv;
     } else if (seen == &have_offsets) {
-      if (w->t[fv].type != JSMN_ARRAY || w->t[fv].size != 2)
+      if (w->t[fv].type != ST__JSON_ARRAY || w->t[fv].size != 2)
         return sfail(w->err, ST_ERR_HEADER_DESERIALIZATION,
                      "data_offsets is not an array of two integers", tok_pos(w, fv), &name);
       for (size_t d = 0; d < 2; d++) {
@@ -590,20 +201,32 @@ void st__header_free(st_file *f) {
   f->nmeta = 0;
 }
 
-/* malloc of n elements, overflow-checked, not zeroed. Large blocks get
- * their page tables populated in one call (MADV_POPULATE_WRITE, best effort):
- * a fault per fresh page is the biggest cost of opening a small file. */
-static void *alloc_n(const st_allocator *a, size_t n, size_t size) {
+/* Large blocks get their page tables populated in one call where the I/O
+ * layer offers it (st_file.populate): a fault per fresh page is the biggest
+ * cost of opening a small file. */
+#define POPULATE_MIN ((size_t)64 << 10)
+
+/* malloc of n elements, overflow-checked, not zeroed. */
+static void *alloc_n(const st_file *f, size_t n, size_t size) {
   size_t bytes;
   if (st__mul_overflow_size(n, size, &bytes)) return NULL;
-  void *p = st__malloc(a, bytes);
-  if (p != NULL && bytes >= ((size_t)64 << 10)) {
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t b = ((uintptr_t)p + page - 1) & ~(page - 1);
-    uintptr_t e = ((uintptr_t)p + bytes) & ~(page - 1);
-    if (e > b) (void)madvise((void *)b, e - b, 23 /* MADV_POPULATE_WRITE */);
-  }
+  void *p = st__malloc(f->alloc, bytes);
+  if (p != NULL && bytes >= POPULATE_MIN && f->populate != NULL) f->populate(p, bytes);
   return p;
+}
+
+/* The allocator the JSON reader gets: the caller's, with the token array
+ * populated as alloc_n does. */
+static void *populating_malloc(void *ctx, size_t size) {
+  return alloc_n(ctx, 1, size);
+}
+
+static void *forward_realloc(void *ctx, void *ptr, size_t size) {
+  return st__realloc(((const st_file *)ctx)->alloc, ptr, size);
+}
+
+static void forward_free(void *ctx, void *ptr) {
+  st__free(((const st_file *)ctx)->alloc, ptr);
 }
 
 static st_status nomem(st_error *err, const char *what) {
@@ -615,8 +238,8 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
                        const st_open_options *o) {
   st_error *err = w->err;
   const st_allocator *a = f->alloc;
-  const jsmntok_t *t = w->t;
-  if (w->ntok == 0 || t[0].type != JSMN_OBJECT)
+  const st__json_tok *t = w->t;
+  if (w->ntok == 0 || t[0].type != ST__JSON_OBJECT)
     return jfail(err, ST_ERR_HEADER_DESERIALIZATION, "the header is not a JSON object", 0);
   size_t members = (size_t)t[0].size;
   size_t nt = 0, cap = 0, meta_tok = 0;
@@ -633,17 +256,17 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
         return sfail(err, ST_ERR_DUPLICATE_KEY, "__metadata__ appears twice", tok_pos(w, k),
                      &key);
       seen_meta = true;
-      if (t[v].type == JSMN_OBJECT) {
+      if (t[v].type == ST__JSON_OBJECT) {
         meta_tok = v;
         size_t j = v + 1;
-        for (int e = 0; e < t[v].size; e++) {
-          if (j + 1 >= w->ntok || t[j + 1].type != JSMN_STRING)
+        for (uint32_t e = 0; e < t[v].size; e++) {
+          if (j + 1 >= w->ntok || t[j + 1].type != ST__JSON_STRING)
             return jfail(err, ST_ERR_HEADER_DESERIALIZATION, "a metadata value is not a string",
                          (size_t)(tok_pos(w, j + 1 < w->ntok ? j + 1 : j) - HDR));
           chars += (uint64_t)(t[j].end - t[j].start) + (uint64_t)(t[j + 1].end - t[j + 1].start) + 2;
           j += 2;
         }
-      } else if (!(t[v].type == JSMN_PRIMITIVE && w->h[t[v].start] == 'n')) {
+      } else if (!(st__json_is_null(w->doc, v))) {
         return jfail(err, ST_ERR_HEADER_DESERIALIZATION, "__metadata__ is not an object",
                      (size_t)(tok_pos(w, v) - HDR));
       }
@@ -700,7 +323,7 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
   }
   if (meta_tok != 0 && t[meta_tok].size > 0) {
     size_t nm = (size_t)t[meta_tok].size;
-    f->meta = alloc_n(a, nm, sizeof *f->meta);
+    f->meta = alloc_n(f, nm, sizeof *f->meta);
     if (f->meta == NULL) return nomem(err, "cannot allocate the metadata table");
     size_t j = meta_tok + 1;
     for (size_t e = 0; e < nm; e++, j += 2) {
@@ -765,7 +388,7 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
    * the reference writer are in range order, and in name order too when
    * they hold one dtype. */
   if (nt > 0) {
-    f->name_order = alloc_n(a, nt, sizeof *f->name_order);
+    f->name_order = alloc_n(f, nt, sizeof *f->name_order);
     if (f->name_order == NULL) return nomem(err, "cannot allocate the name index");
     bool by_name = true;
     for (size_t x = 0; x < nt; x++) {
@@ -791,7 +414,7 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
       if (cmp_tensor_range(&f->tensors[x - 1], &f->tensors[x]) > 0) by_range = false;
     if (!by_range) {
       qsort(f->tensors, nt, sizeof *f->tensors, cmp_tensor_range);
-      size_t *pos = alloc_n(a, nt, sizeof *pos);
+      size_t *pos = alloc_n(f, nt, sizeof *pos);
       if (pos == NULL) return nomem(err, "cannot allocate the name index");
       for (size_t x = 0; x < nt; x++) pos[f->tensors[x].aux] = x;
       for (size_t k = 0; k < nt; k++) f->name_order[k] = pos[f->name_order[k]];
@@ -817,30 +440,32 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
   return ST_OK;
 }
 
+static st_status json_status(const st__json_error *je) {
+  switch (je->code) {
+    case ST__JSON_UTF8: return ST_ERR_INVALID_HEADER;
+    case ST__JSON_DEPTH: return ST_ERR_LIMIT;
+    case ST__JSON_NOMEM: return ST_ERR_NOMEM;
+    case ST__JSON_TOO_LARGE: return ST_ERR_LIMIT;
+    default: return ST_ERR_HEADER_DESERIALIZATION;
+  }
+}
+
 st_status st__header_parse(st_file *f, const unsigned char *header, size_t n,
                            uint64_t file_size, const st_open_options *o,
                            st_error *err) {
-  size_t bad = st__utf8_check(header, n);
-  if (bad != n) return jfail(err, ST_ERR_INVALID_HEADER, "the header is not valid UTF-8", bad);
-  if (n > (size_t)INT_MAX - 16)
-    return st__fail(err, ST_ERR_LIMIT, "the header is too large for the tokenizer", 0, NULL, 0, 0);
-  size_t ntok = 0;
-  st_status st = prescan(header, n, o->max_depth, f->alloc, &ntok, err);
-  if (st != ST_OK) return st;
-  jsmntok_t *toks = alloc_n(f->alloc, ntok, sizeof *toks);
-  if (toks == NULL) return nomem(err, "cannot allocate the token array");
-  jsmn_parser p;
-  jsmn_init(&p);
-  int r = jsmn_parse(&p, (const char *)header, n, toks, (unsigned)ntok);
-  if (r < 0 || (size_t)r != ntok) {
-    /* The pre-scan accepted the text: a disagreement is our bug, still an
-     * error rather than a crash. */
-    st = jfail(err, ST_ERR_HEADER_DESERIALIZATION, "the tokenizer rejected the header", p.pos);
-  } else {
-    walk w = {header, toks, ntok, err};
-    st = build(f, &w, file_size, n, o);
+  st_allocator through = {populating_malloc, forward_realloc, forward_free, f};
+  st__json doc;
+  st__json_error je;
+  if (st__json_parse(header, n, o->max_depth, ST__JSON_ROOT_OBJECT | ST__JSON_FINITE_NUMBERS,
+                     &through, &doc, &je) != ST__JSON_OK) {
+    st_status code = json_status(&je);
+    if (code == ST_ERR_NOMEM || je.code == ST__JSON_TOO_LARGE)
+      return st__fail(err, code, je.message, code == ST_ERR_NOMEM ? ST_NO_OFFSET : 0, NULL, 0, 0);
+    return jfail(err, code, je.message, je.pos);
   }
-  st__free(f->alloc, toks);
+  walk w = {header, doc.tok, doc.ntok, &doc, err};
+  st_status st = build(f, &w, file_size, n, o);
+  st__json_free(&doc);
   if (st != ST_OK) st__header_free(f);
   return st;
 }

@@ -4,7 +4,7 @@
  * (step > 1); the outer dimensions are walked with an odometer. */
 #include <string.h>
 
-#include "checked.h"
+#include "common/checked.h"
 #include "file.h"
 #include "internal.h"
 

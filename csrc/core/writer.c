@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/checked.h"
+#include "common/checked.h"
 #include "core/internal.h"
 #include "io/io.h"
 

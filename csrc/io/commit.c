@@ -22,7 +22,7 @@
 #include <sys/random.h>
 #endif
 
-#include "core/checked.h"
+#include "common/checked.h"
 #include "core/internal.h"
 #include "io/io.h"
 

@@ -11,7 +11,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "core/checked.h"
+#include "common/checked.h"
 #include "core/file.h"
 #include "core/internal.h"
 

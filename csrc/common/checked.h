@@ -1,7 +1,8 @@
 /* Internal to the safetensors library: not installed, not part of the ABI.
- * Checked arithmetic for every size and offset that came from a file. */
-#ifndef ST_CORE_CHECKED_H
-#define ST_CORE_CHECKED_H
+ * Checked arithmetic for every size and offset that came from a file (C and
+ * C++: static inline over the compiler builtins). */
+#ifndef ST_COMMON_CHECKED_H
+#define ST_COMMON_CHECKED_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -39,4 +40,4 @@ static inline bool st__align_up_u64(uint64_t v, uint64_t align, uint64_t *out) {
   return false;
 }
 
-#endif /* ST_CORE_CHECKED_H */
+#endif /* ST_COMMON_CHECKED_H */

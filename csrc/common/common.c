@@ -1,13 +1,10 @@
-/* Status strings, error records, allocation and UTF-8 checks shared by every
- * layer. */
+/* Status strings, error records, allocation, UTF-8 and byte comparison,
+ * shared by every layer. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "checked.h"
-#include "internal.h"
-
-unsigned st_version_number(void) { return ST_VERSION_NUMBER; }
-const char *st_version_string(void) { return ST_VERSION_STRING; }
+#include "common.h"
 
 static const struct {
   const char *name;
@@ -41,12 +38,12 @@ static const struct {
 
 #define STATUS_COUNT (sizeof status_table / sizeof status_table[0])
 
-const char *st_status_str(st_status status) {
+const char *st__status_text(st_status status) {
   if ((unsigned)status < STATUS_COUNT) return status_table[status].text;
   return "unknown status";
 }
 
-const char *st_status_name(st_status status) {
+const char *st__status_symbol(st_status status) {
   if ((unsigned)status < STATUS_COUNT) return status_table[status].name;
   return "ST_ERR_UNKNOWN";
 }
@@ -58,7 +55,7 @@ st_status st__fail(st_error *err, st_status code, const char *message,
   memset(err, 0, sizeof *err);
   err->code = code;
   err->sys_errno = sys_errno;
-  err->message = message != NULL ? message : st_status_str(code);
+  err->message = message != NULL ? message : st__status_text(code);
   err->offset = offset;
   if (name != NULL) {
     size_t n = name_len < ST_ERROR_NAME_CAP - 1 ? name_len : ST_ERROR_NAME_CAP - 1;
@@ -149,5 +146,61 @@ size_t st__utf8_check(const unsigned char *s, size_t len) {
     }
     i += n + 1;
   }
+  return len;
+}
+
+size_t st__utf8_put(unsigned char out[4], uint32_t cp) {
+  if (cp < 0x80) {
+    out[0] = (unsigned char)cp;
+    return 1;
+  }
+  if (cp < 0x800) {
+    out[0] = (unsigned char)(0xC0 | (cp >> 6));
+    out[1] = (unsigned char)(0x80 | (cp & 0x3F));
+    return 2;
+  }
+  if (cp < 0x10000) {
+    out[0] = (unsigned char)(0xE0 | (cp >> 12));
+    out[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+    out[2] = (unsigned char)(0x80 | (cp & 0x3F));
+    return 3;
+  }
+  out[0] = (unsigned char)(0xF0 | (cp >> 18));
+  out[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+  out[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+  out[3] = (unsigned char)(0x80 | (cp & 0x3F));
+  return 4;
+}
+
+int st__bytes_cmp(const void *a, size_t al, const void *b, size_t bl) {
+  size_t m = al < bl ? al : bl;
+  int c = m > 0 ? memcmp(a, b, m) : 0;
+  if (c != 0) return c;
+  return al < bl ? -1 : al > bl;
+}
+
+size_t st__utf8_decode(const unsigned char *s, size_t n, uint32_t *cp) {
+  unsigned c = s[0];
+  size_t len;
+  uint32_t v, min;
+  if (c < 0x80) {
+    *cp = c;
+    return 1;
+  } else if (c >= 0xC2 && c <= 0xDF) {
+    len = 2; v = c & 0x1Fu; min = 0x80;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3; v = c & 0x0Fu; min = 0x800;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4; v = c & 0x07u; min = 0x10000;
+  } else {
+    return 0;
+  }
+  if (n < len) return 0;
+  for (size_t i = 1; i < len; i++) {
+    if ((s[i] & 0xC0u) != 0x80u) return 0;
+    v = (v << 6) | (s[i] & 0x3Fu);
+  }
+  if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
+  *cp = v;
   return len;
 }
