@@ -9,6 +9,8 @@
 #                      save's writer thread) under ThreadSanitizer
 #   make test-m32      a 32-bit (-m32) build: corpus replays and wide_values
 #                      (skipped with a note when gcc-multilib is missing)
+#   make check-layers  the dependency rule: csrc/core and csrc/common include no
+#                      I/O or system header and their objects call no system call
 #   make test-robust-python   only the Python robustness tests (test-python
 #                      runs them too); ST_ROBUST_LONG=1 for the long runs
 #
@@ -30,7 +32,8 @@ FUZZ_SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 
 M32_BUILD ?= build-m32
 
-.PHONY: fuzz-build fuzz-replay fuzz-smoke fuzz tsan-build test-tsan test-robust-python test-m32
+.PHONY: fuzz-build fuzz-replay fuzz-smoke fuzz tsan-build test-tsan test-robust-python test-m32 \
+        check-layers
 
 $(FUZZ_BUILD)/build.ninja: CMakeLists.txt tests/fuzz/CMakeLists.txt
 	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -106,4 +109,7 @@ test-m32: deps
 	  $(addprefix replay_,$(FUZZ_TARGETS)); \
 	ctest --test-dir $(M32_BUILD)/tests/fuzz --output-on-failure
 
-EXTRA_TESTS += fuzz-smoke test-tsan test-m32
+check-layers: build
+	scripts/check-layers.sh $(BUILD)
+
+EXTRA_TESTS += fuzz-smoke test-tsan test-m32 check-layers

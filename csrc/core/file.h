@@ -1,6 +1,7 @@
 /* Internal to the safetensors library: not installed, not part of the ABI.
  * The open-file handle and its tensor table, shared by the header parser
- * (core/header.c), the slicer (core/slice.c) and the backends (io/reader.c). */
+ * (core/header.c), the table queries (core/table.c), the slicer
+ * (core/slice.c) and the backends (io/reader.c). */
 #ifndef ST_CORE_FILE_H
 #define ST_CORE_FILE_H
 
@@ -68,10 +69,6 @@ st_status st__header_parse(st_file *f, const unsigned char *header, size_t n,
 /* Frees the table fields filled by st__header_parse (safe on partial). */
 void st__header_free(st_file *f);
 
-/* Copies len bytes at offset of the data section (range already checked). */
-st_status st__read_data(const st_file *f, uint64_t offset, void *dst,
-                        size_t len, st_error *err);
-
 /* One row of a slice: nruns runs of run_bytes each, run_stride apart,
  * starting at offset of the data section. Rows come in row-major order. */
 typedef struct st__slice_row {
@@ -83,6 +80,10 @@ typedef struct st__slice_row {
 
 typedef st_status (*st__slice_row_fn)(void *ctx, const st__slice_row *row,
                                       st_error *err);
+
+/* Fills err for a slice that failed with st (naming tensor t, may be NULL)
+ * and returns st. */
+st_status st__slice_fail(st_error *err, st_status st, const st__tensor *t);
 
 /* Walks the rows of a slice (the semantics of st_tensor_read_slice), calling
  * fn for each; stops at the first status fn returns that is not ST_OK. An

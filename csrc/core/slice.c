@@ -9,9 +9,6 @@
 #include "internal.h"
 
 #define LOCAL_RANK 64
-/* Above this a strided row is read run by run instead of as one span. */
-#define GATHER_SPAN_MAX ((uint64_t)1 << 20)
-#define GATHER_RUN_MAX 4096u
 
 typedef struct dimres {
   uint64_t start, step, count;
@@ -108,7 +105,7 @@ st_status st_slice_shape(const st_file *f, size_t index, const st_range *ranges,
   return ST_OK;
 }
 
-static st_status slice_fail(st_error *err, st_status st, const st__tensor *t) {
+st_status st__slice_fail(st_error *err, st_status st, const st__tensor *t) {
   const char *msg = st == ST_ERR_INVALID_SLICE ? "the slice does not fit the tensor"
                   : st == ST_ERR_UNSUPPORTED ? "a sub-byte slice that cuts inside a byte"
                                              : "invalid argument";
@@ -121,7 +118,7 @@ st_status st__slice_walk(const st_file *f, size_t index, const st_range *ranges,
   plan p;
   st_status st = make_plan(f, index, ranges, nranges, NULL, &p);
   if (st != ST_OK)
-    return slice_fail(err, st, (f != NULL && index < f->ntensors) ? &f->tensors[index] : NULL);
+    return st__slice_fail(err, st, (f != NULL && index < f->ntensors) ? &f->tensors[index] : NULL);
   const st__tensor *t = p.t;
   if (p.nbytes == 0) return ST_OK;
   const uint64_t bits = st__dtype_bits(t->dtype);
@@ -172,58 +169,5 @@ st_status st__slice_walk(const st_file *f, size_t index, const st_range *ranges,
     if (!more) break;
   }
   if (idx != local) st__free(f->alloc, idx);
-  return st;
-}
-
-typedef struct read_ctx {
-  const st_file *f;
-  unsigned char *out;
-  unsigned char *scratch; /* pread backend: one strided row's covering span */
-} read_ctx;
-
-static st_status read_row(void *vctx, const st__slice_row *row, st_error *err) {
-  read_ctx *c = vctx;
-  st_status st = ST_OK;
-  if (row->nruns == 1) {
-    st = st__read_data(c->f, row->offset, c->out, (size_t)row->run_bytes, err);
-    c->out += row->run_bytes;
-    return st;
-  }
-  const uint64_t span = (row->nruns - 1) * row->run_stride + row->run_bytes;
-  if (c->f->base == NULL && row->run_bytes < GATHER_RUN_MAX && span <= GATHER_SPAN_MAX) {
-    if (c->scratch == NULL) {
-      c->scratch = st__malloc(c->f->alloc, (size_t)span);
-      if (c->scratch == NULL)
-        return st__fail(err, ST_ERR_NOMEM, "cannot allocate the gather buffer", ST_NO_OFFSET, NULL, 0, 0);
-    }
-    st = st__read_data(c->f, row->offset, c->scratch, (size_t)span, err);
-    for (uint64_t r = 0; st == ST_OK && r < row->nruns; r++) {
-      memcpy(c->out, c->scratch + r * row->run_stride, (size_t)row->run_bytes);
-      c->out += row->run_bytes;
-    }
-    return st;
-  }
-  for (uint64_t r = 0; st == ST_OK && r < row->nruns; r++) {
-    st = st__read_data(c->f, row->offset + r * row->run_stride, c->out, (size_t)row->run_bytes, err);
-    c->out += row->run_bytes;
-  }
-  return st;
-}
-
-st_status st_tensor_read_slice(const st_file *f, size_t index, const st_range *ranges,
-                               size_t nranges, void *dst, size_t dst_size, st_error *err) {
-  uint64_t nbytes = 0;
-  st_status st = st_slice_shape(f, index, ranges, nranges, NULL, &nbytes);
-  if (st != ST_OK)
-    return slice_fail(err, st, (f != NULL && index < f->ntensors) ? &f->tensors[index] : NULL);
-  const st__tensor *t = &f->tensors[index];
-  if (dst_size < nbytes)
-    return st__fail(err, ST_ERR_BUFFER_TOO_SMALL, "destination buffer too small", ST_NO_OFFSET,
-                    t->name, t->name_len, 0);
-  if (nbytes > 0 && dst == NULL) return slice_fail(err, ST_ERR_INVALID_ARGUMENT, t);
-  read_ctx c = {f, dst, NULL};
-  st = st__slice_walk(f, index, ranges, nranges, read_row, &c, err);
-  st__free(f->alloc, c.scratch);
-  if (st == ST_OK) st__ok(err);
   return st;
 }

@@ -1,12 +1,13 @@
 /* The writer: validation at add time, the reference's layout and JSON bytes,
- * and the emission of a file into a path, a descriptor or memory. */
+ * and the emission of a file into memory or into a sink (core/sink.h) that
+ * the I/O layer provides for paths and descriptors. */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/checked.h"
 #include "core/internal.h"
-#include "io/io.h"
+#include "core/sink.h"
 
 /* Producers fill a scratch buffer of at most this size, chunk by chunk, so a
  * write's extra memory never grows with the data. */
@@ -182,8 +183,8 @@ static void drop_layout(st_writer *w) {
   w->laid_out = false;
 }
 
-st_status st_writer_new(const st_allocator *allocator, st_writer **out,
-                        st_error *err) {
+st_status st__writer_create(const st_allocator *allocator, const uint64_t seed[2],
+                            st_writer **out, st_error *err) {
   if (out == NULL) {
     return st__fail(err, ST_ERR_INVALID_ARGUMENT, "out is NULL", ST_NO_OFFSET,
                     NULL, 0, 0);
@@ -192,8 +193,8 @@ st_status st_writer_new(const st_allocator *allocator, st_writer **out,
   st_writer *w = st__calloc(allocator, 1, sizeof *w);
   if (w == NULL) return st__fail(err, ST_ERR_NOMEM, NULL, ST_NO_OFFSET, NULL, 0, 0);
   w->alloc = allocator;
-  w->seed[0] = st__random_u64();
-  w->seed[1] = st__random_u64();
+  w->seed[0] = seed[0];
+  w->seed[1] = seed[1];
   *out = w;
   st__ok(err);
   return ST_OK;
@@ -635,13 +636,6 @@ st_status st_writer_size(st_writer *w, uint64_t *size, st_error *err) {
 
 /* --- emission ------------------------------------------------------------- */
 
-typedef struct emit_ctx {
-  st_writer *w;
-  unsigned char *scratch;
-  size_t scratch_size;
-  struct iovec *iov; /* ST_WRITER_BATCH_PIECES entries */
-} emit_ctx;
-
 static st_status cb_fail(st_error *err, uint64_t off, const wtensor *t) {
   return st__fail(err, ST_ERR_CALLBACK, NULL, off, t->key.s, t->key.len, 0);
 }
@@ -661,7 +655,7 @@ static st_status put_fail(st_error *err, int e, uint64_t off, const st_writer *w
 
 /* The pieces gathered for the next sink call. */
 typedef struct batch {
-  struct iovec *iov;
+  st__piece *iov;
   int n;
   size_t bytes;
 } batch;
@@ -681,8 +675,8 @@ static int gather(batch *b, st__sink *sink, const void *p, size_t len, uint64_t 
     int e = flush(b, sink, at);
     if (e != 0) return e;
   }
-  b->iov[b->n].iov_base = (void *)(uintptr_t)p;
-  b->iov[b->n].iov_len = len;
+  b->iov[b->n].base = (void *)(uintptr_t)p;
+  b->iov[b->n].len = len;
   b->n++;
   b->bytes += len;
   return 0;
@@ -691,10 +685,10 @@ static int gather(batch *b, st__sink *sink, const void *p, size_t len, uint64_t 
 /* One sequential writer: buffered writes to one file serialize on the
  * inode's lock (ext4, XFS); measured here, several threads gained nothing
  * (0.07 s for 500 MB either way) while one of them spun on that lock. */
-static st_status emit(void *vctx, st__sink *sink, st_error *err) {
-  emit_ctx *c = vctx;
+st_status st__writer_emit(void *vctx, st__sink *sink, st_error *err) {
+  st__write_job *c = vctx;
   st_writer *w = c->w;
-  batch b = {c->iov, 0, 0};
+  batch b = {c->pieces, 0, 0};
   uint64_t at = 0;
   int e = gather(&b, sink, w->header, w->header_total, &at);
   if (e != 0) return put_fail(err, e, at, w);
@@ -733,62 +727,33 @@ static st_status emit(void *vctx, st__sink *sink, st_error *err) {
   return ST_OK;
 }
 
-static void release(st_writer *w, emit_ctx *c) {
-  st__free(w->alloc, c->scratch);
-  st__free(w->alloc, c->iov);
+void st__writer_end(st__write_job *job) {
+  st__free(job->alloc, job->scratch);
+  st__free(job->alloc, job->pieces);
+  job->scratch = NULL;
+  job->pieces = NULL;
 }
 
-/* Lays out and allocates the producers' scratch buffer and the batch,
- * before any file is touched. */
-static st_status prepare(st_writer *w, emit_ctx *c, st_error *err) {
-  c->w = w;
-  c->scratch = NULL;
-  c->scratch_size = 0;
-  c->iov = NULL;
+st_status st__writer_begin(st_writer *w, st__write_job *job, st_error *err) {
+  memset(job, 0, sizeof *job);
+  job->w = w;
+  job->alloc = w->alloc;
   st_status s = lay_out(w, err);
   if (s != ST_OK) return s;
-  c->iov = st__malloc(w->alloc, ST_WRITER_BATCH_PIECES * sizeof *c->iov);
-  if (c->iov == NULL) return nomem(err);
+  job->size = w->file_size;
+  job->pieces = st__malloc(w->alloc, ST_WRITER_BATCH_PIECES * sizeof *job->pieces);
+  if (job->pieces == NULL) return nomem(err);
   if (w->max_cb_bytes > 0) {
-    c->scratch_size = w->max_cb_bytes < ST_WRITER_SCRATCH
-                          ? (size_t)w->max_cb_bytes
-                          : ST_WRITER_SCRATCH;
-    c->scratch = st__malloc(w->alloc, c->scratch_size);
-    if (c->scratch == NULL) {
-      release(w, c);
+    job->scratch_size = w->max_cb_bytes < ST_WRITER_SCRATCH
+                            ? (size_t)w->max_cb_bytes
+                            : ST_WRITER_SCRATCH;
+    job->scratch = st__malloc(w->alloc, job->scratch_size);
+    if (job->scratch == NULL) {
+      st__writer_end(job);
       return nomem(err);
     }
   }
   return ST_OK;
-}
-
-st_status st_writer_write_path(st_writer *w, const char *path, uint32_t flags,
-                               st_error *err) {
-  if (w == NULL || path == NULL ||
-      (flags & ~(ST_WRITE_NO_FSYNC | ST_WRITE_DIRECT)) != 0) {
-    return st__fail(err, ST_ERR_INVALID_ARGUMENT,
-                    "writer or path is NULL, or unknown flags", ST_NO_OFFSET,
-                    NULL, 0, 0);
-  }
-  emit_ctx c;
-  st_status s = prepare(w, &c, err);
-  if (s != ST_OK) return s;
-  s = st__commit_path(path, w->file_size, flags, w->alloc, emit, &c, err);
-  release(w, &c);
-  return s;
-}
-
-st_status st_writer_write_fd(st_writer *w, int fd, st_error *err) {
-  if (w == NULL || fd < 0) {
-    return st__fail(err, ST_ERR_INVALID_ARGUMENT,
-                    "writer is NULL or fd is negative", ST_NO_OFFSET, NULL, 0, 0);
-  }
-  emit_ctx c;
-  st_status s = prepare(w, &c, err);
-  if (s != ST_OK) return s;
-  s = st__write_fd(fd, emit, &c, err);
-  release(w, &c);
-  return s;
 }
 
 st_status st_writer_write_memory(st_writer *w, void *dst, size_t dst_size,

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -255,6 +256,15 @@ uint64_t st__random_u64(void) {
 
 /* --- sinks ---------------------------------------------------------------- */
 
+/* The writer's pieces are laid out as struct iovec, so they go to pwritev
+ * as they are. */
+_Static_assert(sizeof(st__piece) == sizeof(struct iovec) &&
+                   offsetof(st__piece, base) == offsetof(struct iovec, iov_base) &&
+                   offsetof(st__piece, len) == offsetof(struct iovec, iov_len),
+               "st__piece must have the layout of struct iovec");
+
+static struct iovec *as_iovec(st__piece *pieces) { return (struct iovec *)(void *)pieces; }
+
 static int finish_nothing(st__sink *sink, uint64_t *at) {
   (void)sink;
   (void)at;
@@ -268,8 +278,9 @@ typedef struct {
   uint64_t off;
 } pwrite_sink;
 
-static int putv_pwrite(st__sink *sink, struct iovec *iov, int n, uint64_t *at) {
+static int putv_pwrite(st__sink *sink, st__piece *pieces, int n, uint64_t *at) {
   pwrite_sink *s = (pwrite_sink *)(void *)sink;
+  struct iovec *iov = as_iovec(pieces);
   uint64_t len = 0;
   for (int i = 0; i < n; i++) len += iov[i].iov_len;
   int e = st__pwritev_all(s->fd, iov, n, s->off, at);
@@ -284,8 +295,9 @@ typedef struct {
   uint64_t off; /* bytes written so far, for error offsets */
 } write_sink;
 
-static int putv_write(st__sink *sink, struct iovec *iov, int n, uint64_t *at) {
+static int putv_write(st__sink *sink, st__piece *pieces, int n, uint64_t *at) {
   write_sink *s = (write_sink *)(void *)sink;
+  struct iovec *iov = as_iovec(pieces);
   for (int i = 0; i < n; i++) {
     int e = st__write_all(s->fd, iov[i].iov_base, iov[i].iov_len);
     if (e != 0) {
@@ -469,7 +481,8 @@ static int direct_full(direct_sink *s, uint64_t *at) {
   return 0;
 }
 
-static int putv_direct(st__sink *sink, struct iovec *iov, int n, uint64_t *at) {
+static int putv_direct(st__sink *sink, st__piece *pieces, int n, uint64_t *at) {
+  struct iovec *iov = as_iovec(pieces);
   direct_sink *s = (direct_sink *)(void *)sink;
   for (int i = 0; i < n; i++) {
     const unsigned char *p = iov[i].iov_base;
@@ -763,5 +776,38 @@ fail:
   if (named) hooks.unlink_fn(tmp);
   st__free(alloc, bounce_raw);
   st__free(alloc, tmp);
+  return s;
+}
+
+/* --- the writer's entry points that need the system ------------------------ */
+
+st_status st_writer_new(const st_allocator *allocator, st_writer **out, st_error *err) {
+  const uint64_t seed[2] = {st__random_u64(), st__random_u64()};
+  return st__writer_create(allocator, seed, out, err);
+}
+
+st_status st_writer_write_path(st_writer *w, const char *path, uint32_t flags, st_error *err) {
+  if (w == NULL || path == NULL || (flags & ~(ST_WRITE_NO_FSYNC | ST_WRITE_DIRECT)) != 0) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "writer or path is NULL, or unknown flags",
+                    ST_NO_OFFSET, NULL, 0, 0);
+  }
+  st__write_job job;
+  st_status s = st__writer_begin(w, &job, err);
+  if (s != ST_OK) return s;
+  s = st__commit_path(path, job.size, flags, job.alloc, st__writer_emit, &job, err);
+  st__writer_end(&job);
+  return s;
+}
+
+st_status st_writer_write_fd(st_writer *w, int fd, st_error *err) {
+  if (w == NULL || fd < 0) {
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "writer is NULL or fd is negative",
+                    ST_NO_OFFSET, NULL, 0, 0);
+  }
+  st__write_job job;
+  st_status s = st__writer_begin(w, &job, err);
+  if (s != ST_OK) return s;
+  s = st__write_fd(fd, st__writer_emit, &job, err);
+  st__writer_end(&job);
   return s;
 }

@@ -1,7 +1,9 @@
 /* Internal to the safetensors library: not installed, not part of the ABI.
- * The system-call layer of the writer: retrying write loops, the durable
- * commit (temp file, fsync, rename, directory fsync), and a table of hooks
- * so tests can inject faults into every system call of the save path. */
+ * The I/O layer: everything that touches a descriptor or a mapping. Reads
+ * of the data section, the writer's retrying write loops and sinks, the
+ * durable commit (temp file, fsync, rename, directory fsync), and a table of
+ * hooks so tests can inject faults into every system call of the save
+ * path. */
 #ifndef ST_IO_IO_H
 #define ST_IO_IO_H
 
@@ -11,6 +13,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "core/sink.h"
 #include "safetensors.h"
 
 #ifdef __cplusplus
@@ -54,6 +57,11 @@ typedef int (*st__thread_create_fn)(pthread_t *thread, const pthread_attr_t *att
  * rules as st__io_set_hooks. */
 void st__io_set_thread_hook(st__thread_create_fn fn);
 
+/* Copies len bytes at offset of the data section of f (range already
+ * checked), from the mapping or through pread. */
+st_status st__read_data(const st_file *f, uint64_t offset, void *dst,
+                        size_t len, st_error *err);
+
 /* Writes all len bytes sequentially to fd, retrying EINTR and short writes.
  * Returns 0 or an errno value. */
 int st__write_all(int fd, const void *buf, size_t len);
@@ -71,23 +79,6 @@ int st__pwritev_all(int fd, struct iovec *iov, int n, uint64_t off,
 
 /* 64 unpredictable-enough bits (seeds and temp-file names, not crypto). */
 uint64_t st__random_u64(void);
-
-/* Receives the file's bytes in order. */
-typedef struct st__sink st__sink;
-struct st__sink {
-  /* Takes the n pieces of iov (which it may modify) after every earlier
-   * byte; their memory may be reused as soon as it returns. Returns 0 or an
-   * errno value, with *at the file offset of the write that failed. */
-  int (*putv)(st__sink *sink, struct iovec *iov, int n, uint64_t *at);
-  /* Writes out whatever the sink still holds; called once, after the last
-   * putv. Same return convention. */
-  int (*finish)(st__sink *sink, uint64_t *at);
-};
-
-/* Produces the whole file through sink, in order, then finishes it; fills
- * err and returns its status on failure (ST_ERR_IO from the sink,
- * ST_ERR_CALLBACK, ...). */
-typedef st_status (*st__emit_fn)(void *ctx, st__sink *sink, st_error *err);
 
 /* Writes size bytes produced by emit durably to path: an anonymous file in
  * the target's directory (O_TMPFILE; a named temp file where the filesystem

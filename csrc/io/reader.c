@@ -1,6 +1,6 @@
 /* Opening files (path, descriptor, memory), the mmap and pread backends, and
- * the read-only accessors of an open handle. A handle never changes after
- * open, so every accessor is safe from many threads. */
+ * the reads through them (ranges, tensors, slices). A handle never changes
+ * after open, so every read is safe from many threads. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -12,6 +12,7 @@
 #include "common/checked.h"
 #include "core/file.h"
 #include "core/internal.h"
+#include "io/io.h"
 
 #define HDR 8u
 
@@ -256,104 +257,6 @@ st_status st_open_memory(const void *data, size_t size, const st_open_options *o
   return ST_OK;
 }
 
-st_backend st_file_backend(const st_file *f) { return f != NULL ? f->backend : ST_BACKEND_MMAP; }
-uint64_t st_header_size(const st_file *f) { return f != NULL ? f->header_size : 0; }
-uint64_t st_data_offset(const st_file *f) { return f != NULL ? HDR + f->header_size : 0; }
-uint64_t st_data_size(const st_file *f) { return f != NULL ? f->data_size : 0; }
-
-const char *st_header_bytes(const st_file *f) {
-  if (f == NULL) return NULL;
-  if (f->header_buf != NULL) return (const char *)f->header_buf;
-  return (const char *)f->base + HDR;
-}
-
-size_t st_tensor_count(const st_file *f) { return f != NULL ? f->ntensors : 0; }
-
-st_status st_tensor_get(const st_file *f, size_t index, st_tensor_info *out) {
-  if (f == NULL || out == NULL || index >= f->ntensors) return ST_ERR_INVALID_ARGUMENT;
-  const st__tensor *t = &f->tensors[index];
-  out->name = t->name;
-  out->name_len = t->name_len;
-  out->dtype = t->dtype;
-  out->rank = t->rank;
-  out->shape = t->shape;
-  out->numel = t->numel;
-  out->data_begin = t->begin;
-  out->data_end = t->end;
-  return ST_OK;
-}
-
-st_status st_tensor_name_order(const st_file *f, size_t k, size_t *index) {
-  if (f == NULL || index == NULL || k >= f->ntensors) return ST_ERR_INVALID_ARGUMENT;
-  *index = f->name_order[k];
-  return ST_OK;
-}
-
-static int cmp_bytes(const char *a, size_t al, const char *b, size_t bl) {
-  int c = memcmp(a, b, al < bl ? al : bl);
-  if (c != 0) return c;
-  return al < bl ? -1 : al > bl;
-}
-
-/* Binary search over the name order: O(log n) and immune to hash flooding. */
-st_status st_tensor_find(const st_file *f, const char *name, size_t len, size_t *index) {
-  if (f == NULL || index == NULL || (name == NULL && len > 0)) return ST_ERR_INVALID_ARGUMENT;
-  if (name == NULL) name = "";
-  size_t lo = 0, hi = f->ntensors;
-  while (lo < hi) {
-    size_t mid = lo + (hi - lo) / 2;
-    const st__tensor *t = &f->tensors[f->name_order[mid]];
-    int c = cmp_bytes(t->name, t->name_len, name, len);
-    if (c == 0) {
-      *index = f->name_order[mid];
-      return ST_OK;
-    }
-    if (c < 0) lo = mid + 1;
-    else hi = mid;
-  }
-  return ST_ERR_NOT_FOUND;
-}
-
-size_t st_metadata_count(const st_file *f) { return f != NULL ? f->nmeta : 0; }
-
-st_status st_metadata_get(const st_file *f, size_t k, const char **key, size_t *key_len,
-                          const char **value, size_t *value_len) {
-  if (f == NULL || k >= f->nmeta) return ST_ERR_INVALID_ARGUMENT;
-  const st__meta *m = &f->meta[k];
-  if (key != NULL) *key = m->key;
-  if (key_len != NULL) *key_len = m->key_len;
-  if (value != NULL) *value = m->value;
-  if (value_len != NULL) *value_len = m->value_len;
-  return ST_OK;
-}
-
-st_status st_metadata_find(const st_file *f, const char *key, size_t key_len, const char **value,
-                           size_t *value_len) {
-  if (f == NULL || (key == NULL && key_len > 0)) return ST_ERR_INVALID_ARGUMENT;
-  if (key == NULL) key = "";
-  size_t lo = 0, hi = f->nmeta;
-  while (lo < hi) {
-    size_t mid = lo + (hi - lo) / 2;
-    const st__meta *m = &f->meta[mid];
-    int c = cmp_bytes(m->key, m->key_len, key, key_len);
-    if (c == 0) {
-      if (value != NULL) *value = m->value;
-      if (value_len != NULL) *value_len = m->value_len;
-      return ST_OK;
-    }
-    if (c < 0) lo = mid + 1;
-    else hi = mid;
-  }
-  return ST_ERR_NOT_FOUND;
-}
-
-st_status st_tensor_data(const st_file *f, size_t index, const void **data) {
-  if (f == NULL || data == NULL || index >= f->ntensors) return ST_ERR_INVALID_ARGUMENT;
-  if (f->base == NULL) return ST_ERR_UNSUPPORTED;
-  *data = f->base + HDR + f->header_size + f->tensors[index].begin;
-  return ST_OK;
-}
-
 st_status st__read_data(const st_file *f, uint64_t offset, void *dst, size_t len, st_error *err) {
   if (len == 0) return ST_OK;
   uint64_t at = HDR + f->header_size + offset;
@@ -386,6 +289,65 @@ st_status st_tensor_read(const st_file *f, size_t index, void *dst, size_t dst_s
                     t->name, t->name_len, 0);
   if (dst == NULL && len > 0) return bad_arg(err, "dst is NULL");
   st_status st = st__read_data(f, t->begin, dst, (size_t)len, err);
+  if (st == ST_OK) st__ok(err);
+  return st;
+}
+
+/* --- slices: the walk is core's, the reads are here ------------------------ */
+
+/* Above this a strided row is read run by run instead of as one span. */
+#define GATHER_SPAN_MAX ((uint64_t)1 << 20)
+#define GATHER_RUN_MAX 4096u
+
+typedef struct read_ctx {
+  const st_file *f;
+  unsigned char *out;
+  unsigned char *scratch; /* pread backend: one strided row's covering span */
+} read_ctx;
+
+static st_status read_row(void *vctx, const st__slice_row *row, st_error *err) {
+  read_ctx *c = vctx;
+  st_status st = ST_OK;
+  if (row->nruns == 1) {
+    st = st__read_data(c->f, row->offset, c->out, (size_t)row->run_bytes, err);
+    c->out += row->run_bytes;
+    return st;
+  }
+  const uint64_t span = (row->nruns - 1) * row->run_stride + row->run_bytes;
+  if (c->f->base == NULL && row->run_bytes < GATHER_RUN_MAX && span <= GATHER_SPAN_MAX) {
+    if (c->scratch == NULL) {
+      c->scratch = st__malloc(c->f->alloc, (size_t)span);
+      if (c->scratch == NULL)
+        return st__fail(err, ST_ERR_NOMEM, "cannot allocate the gather buffer", ST_NO_OFFSET, NULL, 0, 0);
+    }
+    st = st__read_data(c->f, row->offset, c->scratch, (size_t)span, err);
+    for (uint64_t r = 0; st == ST_OK && r < row->nruns; r++) {
+      memcpy(c->out, c->scratch + r * row->run_stride, (size_t)row->run_bytes);
+      c->out += row->run_bytes;
+    }
+    return st;
+  }
+  for (uint64_t r = 0; st == ST_OK && r < row->nruns; r++) {
+    st = st__read_data(c->f, row->offset + r * row->run_stride, c->out, (size_t)row->run_bytes, err);
+    c->out += row->run_bytes;
+  }
+  return st;
+}
+
+st_status st_tensor_read_slice(const st_file *f, size_t index, const st_range *ranges,
+                               size_t nranges, void *dst, size_t dst_size, st_error *err) {
+  uint64_t nbytes = 0;
+  st_status st = st_slice_shape(f, index, ranges, nranges, NULL, &nbytes);
+  if (st != ST_OK)
+    return st__slice_fail(err, st, (f != NULL && index < f->ntensors) ? &f->tensors[index] : NULL);
+  const st__tensor *t = &f->tensors[index];
+  if (dst_size < nbytes)
+    return st__fail(err, ST_ERR_BUFFER_TOO_SMALL, "destination buffer too small", ST_NO_OFFSET,
+                    t->name, t->name_len, 0);
+  if (nbytes > 0 && dst == NULL) return st__slice_fail(err, ST_ERR_INVALID_ARGUMENT, t);
+  read_ctx c = {f, dst, NULL};
+  st = st__slice_walk(f, index, ranges, nranges, read_row, &c, err);
+  st__free(f->alloc, c.scratch);
   if (st == ST_OK) st__ok(err);
   return st;
 }
