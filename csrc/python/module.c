@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The owned loads run on the copy engine: the C API's experimental tier. */
+#define ST_EXPERIMENTAL_API
 #include "safetensors.h"
 
 /* Single-phase init: one interpreter, module-level state. */
@@ -541,8 +543,80 @@ static PyObject *dtype_str(st_dtype dtype) {
   return Py_NewRef(cache[k]);
 }
 
-static PyObject *info_tuple(const st_tensor_info *ti) {
-  PyObject *name, *dtype, *shape, *begin, *end, *t;
+/* torch's names of the dtypes, as str objects made once (module-lifetime). */
+static PyObject *torch_str(st_dtype dtype) {
+  static PyObject *cache[64];
+  unsigned k = (unsigned)dtype;
+  const char *name = st_dtype_torch_name(dtype);
+  if (name == NULL) {
+    PyErr_SetString(PyExc_ValueError, "dtype out of range");
+    return NULL;
+  }
+  if (k >= 64)
+    return PyUnicode_FromString(name);
+  if (cache[k] == NULL) {
+    cache[k] = PyUnicode_InternFromString(name);
+    if (cache[k] == NULL)
+      return NULL;
+  }
+  return Py_NewRef(cache[k]);
+}
+
+/* TensorInfo: a struct sequence whose first five fields are the positional
+ * (name, dtype, shape, begin, end) of earlier versions; the view policy's
+ * fields (st_tensor_torch_view) are attributes only. */
+static PyTypeObject *g_info_type;
+
+static PyStructSequence_Field info_fields[] = {
+    {"name", "the tensor name"},
+    {"dtype", "the file dtype name, e.g. \"F32\""},
+    {"shape", "the file shape (a tuple of ints)"},
+    {"begin", "first byte, relative to the data section"},
+    {"end", "one past the last byte, relative to the data section"},
+    {"torch_dtype", "torch's name of the dtype it loads as, e.g. \"float32\""},
+    {"torch_shape", "the shape of the torch tensor (the view policy)"},
+    {"flags", "VIEW_PACKED | VIEW_FLAT | VIEW_COPY"},
+    {NULL, NULL}};
+
+static PyStructSequence_Desc info_desc = {
+    "torch_safetensors._C.TensorInfo",
+    "One tensor of a file and its torch view (include/safetensors.h:\n"
+    "st_tensor_info, st_tensor_torch_view). Unpacks as (name, dtype, shape,\n"
+    "begin, end); torch_dtype, torch_shape and flags are attributes.",
+    info_fields, 5};
+
+static PyObject *torch_shape_of(PyObject *shape, const st_torch_view *v) {
+  Py_ssize_t rank = PyTuple_GET_SIZE(shape), d;
+  PyObject *t;
+  if (v->flags & ST_VIEW_FLAT)
+    return Py_BuildValue("(K)", (unsigned long long)v->numel);
+  if (!(v->flags & ST_VIEW_PACKED) || rank == 0)
+    return Py_NewRef(shape);
+  t = PyTuple_New(rank);
+  if (t == NULL)
+    return NULL;
+  for (d = 0; d < rank; d++) {
+    PyObject *x = d + 1 < rank ? Py_NewRef(PyTuple_GET_ITEM(shape, d))
+                               : PyLong_FromUnsignedLongLong(
+                                     (unsigned long long)v->last_dim);
+    if (x == NULL) {
+      Py_DECREF(t);
+      return NULL;
+    }
+    PyTuple_SET_ITEM(t, d, x);
+  }
+  PyObject_GC_UnTrack(t);
+  return t;
+}
+
+static PyObject *info_tuple(const st_file *file, size_t index,
+                            const st_tensor_info *ti) {
+  PyObject *name, *dtype, *shape, *begin, *end, *tdtype, *tshape, *flags;
+  PyObject *t;
+  st_torch_view view;
+  st_status rc = st_tensor_torch_view(file, index, &view);
+  if (rc != ST_OK)
+    return raise_status(rc, NULL, NULL);
   name = PyUnicode_DecodeUTF8(ti->name, (Py_ssize_t)ti->name_len, "strict");
   dtype = name != NULL ? dtype_str(ti->dtype) : NULL;
   shape = dtype != NULL ? shape_tuple(ti->shape, ti->rank) : NULL;
@@ -552,21 +626,30 @@ static PyObject *info_tuple(const st_tensor_info *ti) {
   end = begin != NULL
             ? PyLong_FromUnsignedLongLong((unsigned long long)ti->data_end)
             : NULL;
-  t = end != NULL ? PyTuple_New(5) : NULL;
+  tdtype = end != NULL ? torch_str(ti->dtype) : NULL;
+  tshape = tdtype != NULL ? torch_shape_of(shape, &view) : NULL;
+  flags = tshape != NULL ? PyLong_FromUnsignedLong(view.flags) : NULL;
+  t = flags != NULL ? PyStructSequence_New(g_info_type) : NULL;
   if (t == NULL) {
     Py_XDECREF(name);
     Py_XDECREF(dtype);
     Py_XDECREF(shape);
     Py_XDECREF(begin);
     Py_XDECREF(end);
+    Py_XDECREF(tdtype);
+    Py_XDECREF(tshape);
+    Py_XDECREF(flags);
     return NULL;
   }
-  PyTuple_SET_ITEM(t, 0, name);
-  PyTuple_SET_ITEM(t, 1, dtype);
-  PyTuple_SET_ITEM(t, 2, shape);
-  PyTuple_SET_ITEM(t, 3, begin);
-  PyTuple_SET_ITEM(t, 4, end);
-  PyObject_GC_UnTrack(t); /* str, ints and an untracked tuple: as above */
+  PyStructSequence_SET_ITEM(t, 0, name);
+  PyStructSequence_SET_ITEM(t, 1, dtype);
+  PyStructSequence_SET_ITEM(t, 2, shape);
+  PyStructSequence_SET_ITEM(t, 3, begin);
+  PyStructSequence_SET_ITEM(t, 4, end);
+  PyStructSequence_SET_ITEM(t, 5, tdtype);
+  PyStructSequence_SET_ITEM(t, 6, tshape);
+  PyStructSequence_SET_ITEM(t, 7, flags);
+  PyObject_GC_UnTrack(t); /* str, ints and untracked tuples: as above */
   return t;
 }
 
@@ -587,7 +670,7 @@ static PyObject *File_tensors(FileObject *self, PyObject *Py_UNUSED(ignored)) {
       Py_DECREF(list);
       return raise_status(rc, NULL, self->name);
     }
-    t = info_tuple(&ti);
+    t = info_tuple(self->file, i, &ti);
     if (t == NULL) {
       Py_DECREF(list);
       return NULL;
@@ -643,7 +726,7 @@ static PyObject *File_info(FileObject *self, PyObject *arg) {
   rc = st_tensor_get(self->file, i, &ti);
   if (rc != ST_OK)
     return raise_status(rc, NULL, self->name);
-  return info_tuple(&ti);
+  return info_tuple(self->file, i, &ti);
 }
 
 static PyObject *File_index(FileObject *self, PyObject *arg) {
@@ -1019,18 +1102,22 @@ static PyMethodDef File_methods[] = {
     {"buffer", (PyCFunction)File_buffer, METH_O,
      "buffer(i) -> zero-copy View of tensor i's bytes (mmap backend or\n"
      "buffer source). The View keeps the mapping alive."},
-    {"read_into", (PyCFunction)(void (*)(void))File_read_into,
+    {"_read_into", (PyCFunction)(void (*)(void))File_read_into,
      METH_VARARGS | METH_KEYWORDS,
-     "read_into(i, dest, nbytes=None): copies tensor i into a writable\n"
-     "buffer or a raw address (then nbytes is required)."},
-    {"read_slice_into", (PyCFunction)(void (*)(void))File_read_slice_into,
+     "_read_into(i, dest, nbytes=None): copies tensor i into a writable\n"
+     "buffer or a raw address (then nbytes is required). UNSAFE with an\n"
+     "address: nothing checks that nbytes of writable memory live there;\n"
+     "private to the package, which passes tensors it just allocated."},
+    {"_read_slice_into", (PyCFunction)(void (*)(void))File_read_slice_into,
      METH_VARARGS | METH_KEYWORDS,
-     "read_slice_into(i, [(start, stop, step), ...], dest, nbytes=None)."},
+     "_read_slice_into(i, [(start, stop, step), ...], dest, nbytes=None).\n"
+     "UNSAFE with a raw address, as _read_into."},
     {"slice_shape", (PyCFunction)File_slice_shape, METH_VARARGS,
      "slice_shape(i, ranges) -> (shape, nbytes)."},
-    {"read_many", (PyCFunction)(void (*)(void))File_read_many,
+    {"_read_many", (PyCFunction)(void (*)(void))File_read_many,
      METH_VARARGS | METH_KEYWORDS,
-     "read_many([(i, address, nbytes[, ranges]), ...], threads=0, flags=0):\n"
+     "_read_many([(i, address, nbytes[, ranges]), ...], threads=0, flags=0):\n"
+     "UNSAFE: writes through raw addresses that nothing checks; private.\n"
      "one plan of the copy engine for whole tensors and slices (flags:\n"
      "EXEC_NO_PREFAULT, EXEC_DIRECT, EXEC_HUGEPAGES); returns its\n"
      "counters {bytes_copied, bytes_read, chunks, threads_used}."},
@@ -1459,7 +1546,9 @@ static PyMethodDef Writer_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "add_tensor(name, dtype, shape, data, nbytes=None, owner=None)\n"
      "data is a buffer (held until the writer dies) or a raw address (then\n"
-     "nbytes is required; owner, if given, is kept alive)."},
+     "nbytes is required; owner, if given, is kept alive). UNSAFE with an\n"
+     "address: the library reads nbytes there when it writes the file;\n"
+     "pass the object that owns that memory as owner."},
     {"size", (PyCFunction)Writer_size, METH_NOARGS,
      "size() -> bytes the file will have."},
     {"write_path", (PyCFunction)(void (*)(void))Writer_write_path,
@@ -1548,7 +1637,78 @@ static PyObject *mod_dtype_names(PyObject *Py_UNUSED(m),
   return t;
 }
 
+/* DtypeInfo: one row of the C core's dtype table, as bindings see it. */
+static PyTypeObject *g_dtype_type;
+
+static PyStructSequence_Field dtype_fields[] = {
+    {"name", "the format's name, e.g. \"F32\""},
+    {"number", "the pinned st_dtype number"},
+    {"bits", "bits per element"},
+    {"torch_name", "torch's name of the dtype it loads as (\"uint8\" for F6)"},
+    {"c10_name", "the c10::ScalarType name"},
+    {"torch_values", "file values per torch element: 1, 2 (F4), 0 (F6)"},
+    {NULL, NULL}};
+
+static PyStructSequence_Desc dtype_desc = {
+    "torch_safetensors._C.DtypeInfo",
+    "A dtype of the format and its torch mapping (st_dtype_name,\n"
+    "st_dtype_bits, st_dtype_torch_name, st_dtype_c10_name,\n"
+    "st_dtype_torch_values).",
+    dtype_fields, 6};
+
+static PyObject *mod_dtypes(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ign)) {
+  PyObject *t = PyTuple_New(ST_DTYPE_COUNT);
+  int k;
+  if (t == NULL)
+    return NULL;
+  for (k = 0; k < ST_DTYPE_COUNT; k++) {
+    st_dtype d = (st_dtype)k;
+    PyObject *row = PyStructSequence_New(g_dtype_type);
+    PyObject *v[6];
+    int j, bad = 0;
+    if (row == NULL) {
+      Py_DECREF(t);
+      return NULL;
+    }
+    v[0] = PyUnicode_FromString(st_dtype_name(d));
+    v[1] = PyLong_FromLong(k);
+    v[2] = PyLong_FromUnsignedLong(st_dtype_bits(d));
+    v[3] = PyUnicode_FromString(st_dtype_torch_name(d));
+    v[4] = PyUnicode_FromString(st_dtype_c10_name(d));
+    v[5] = PyLong_FromUnsignedLong(st_dtype_torch_values(d));
+    for (j = 0; j < 6; j++) {
+      if (v[j] == NULL)
+        bad = 1;
+      else
+        PyStructSequence_SET_ITEM(row, j, v[j]);
+    }
+    PyTuple_SET_ITEM(t, k, row);
+    if (bad) {
+      Py_DECREF(t);
+      return NULL;
+    }
+  }
+  return t;
+}
+
+static PyObject *mod_dtype_from_torch_name(PyObject *Py_UNUSED(m),
+                                           PyObject *arg) {
+  Py_ssize_t len;
+  const char *s = PyUnicode_AsUTF8AndSize(arg, &len);
+  st_dtype d;
+  if (s == NULL)
+    return NULL;
+  if (st_dtype_from_torch_name(s, (size_t)len, &d) != ST_OK)
+    Py_RETURN_NONE;
+  return PyUnicode_FromString(st_dtype_name(d));
+}
+
 static PyMethodDef module_methods[] = {
+    {"dtypes", mod_dtypes, METH_NOARGS,
+     "dtypes() -> tuple of DtypeInfo, indexed by st_dtype number"},
+    {"dtype_from_torch_name", mod_dtype_from_torch_name, METH_O,
+     "dtype_from_torch_name(name) -> the file dtype name a torch dtype\n"
+     "(\"float32\", \"torch.float32\" or \"Float\") saves as, or None"},
     {"_set_error_factory", mod_set_error_factory, METH_O,
      "_set_error_factory(f): f(status, errno) -> SafetensorError subclass."},
     {"_raise", mod_raise_status, METH_VARARGS,
@@ -1571,6 +1731,12 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (PyType_Ready(&File_Type) < 0 || PyType_Ready(&View_Type) < 0 ||
       PyType_Ready(&Writer_Type) < 0)
     return NULL;
+  if (g_info_type == NULL &&
+      (g_info_type = PyStructSequence_NewType(&info_desc)) == NULL)
+    return NULL;
+  if (g_dtype_type == NULL &&
+      (g_dtype_type = PyStructSequence_NewType(&dtype_desc)) == NULL)
+    return NULL;
   m = PyModule_Create(&module_def);
   if (m == NULL)
     return NULL;
@@ -1592,6 +1758,11 @@ PyMODINIT_FUNC PyInit__C(void) {
       PyModule_AddObjectRef(m, "File", (PyObject *)&File_Type) < 0 ||
       PyModule_AddObjectRef(m, "View", (PyObject *)&View_Type) < 0 ||
       PyModule_AddObjectRef(m, "Writer", (PyObject *)&Writer_Type) < 0 ||
+      PyModule_AddObjectRef(m, "TensorInfo", (PyObject *)g_info_type) < 0 ||
+      PyModule_AddObjectRef(m, "DtypeInfo", (PyObject *)g_dtype_type) < 0 ||
+      PyModule_AddIntConstant(m, "VIEW_PACKED", ST_VIEW_PACKED) < 0 ||
+      PyModule_AddIntConstant(m, "VIEW_FLAT", ST_VIEW_FLAT) < 0 ||
+      PyModule_AddIntConstant(m, "VIEW_COPY", ST_VIEW_COPY) < 0 ||
       PyModule_AddStringConstant(m, "VERSION", st_version_string()) < 0 ||
       PyModule_AddIntConstant(m, "EXEC_NO_PREFAULT", ST_EXEC_NO_PREFAULT) < 0 ||
       PyModule_AddIntConstant(m, "EXEC_DIRECT", ST_EXEC_DIRECT) < 0 ||

@@ -288,7 +288,8 @@ VALID = {
         {}, [], {"dict": [["w", tsum("float32", [2])]]}),
     # 256 levels of JSON nesting, the most a record may have
     "deep_limit": (
-        [f32("w", [2], 22)], deep_record(127), {}, [],
+        [f32("w", [2], 22)], deep_record(127),
+        {".".join(["0"] * 127): "w"}, [],
         deep_summary(127)),
 }
 

@@ -45,6 +45,9 @@ from .errors import (
     SafetensorIndexError,
     SafetensorKeyError,
     SafetensorOSError,
+    SafetensorOverlapError,
+    SafetensorRecordError,
+    SafetensorRecordVersionError,
     SafetensorSharedTensorError,
     SafetensorTypeError,
     SafetensorValueError,
@@ -53,8 +56,10 @@ from .torch import load_file, load_model, safe_open, save_file, save_model
 from .sharded import load_sharded, save_sharded
 from ._hook import install, uninstall
 
-__version__ = "0.1.0"
-#: Version of the bundled C library.
+#: The one version (include/safetensors.h's ST_VERSION_*, which CMake and the
+#: wheel's metadata also read), as the bundled C library reports it.
+__version__ = _C.VERSION
+#: Version of the bundled C library (the same number).
 c_version = _C.VERSION
 
 
@@ -66,6 +71,9 @@ __all__ = [
     "SafetensorIndexError",
     "SafetensorKeyError",
     "SafetensorOSError",
+    "SafetensorOverlapError",
+    "SafetensorRecordError",
+    "SafetensorRecordVersionError",
     "SafetensorSharedTensorError",
     "SafetensorTypeError",
     "SafetensorValueError",

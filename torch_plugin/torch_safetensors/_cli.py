@@ -156,21 +156,6 @@ def _flat_tensors(obj: Any, what: str) -> dict:
     return obj
 
 
-def _dedupe_aliases(tensors: dict) -> dict:
-    """Drop exact aliases (tied weights), keeping the first name, as Hugging Face does."""
-    seen: dict[tuple, str] = {}
-    out = {}
-    for name, t in tensors.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-               t.stride(), t.dtype) if t.numel() else None
-        if key is not None and key in seen:
-            continue
-        if key is not None:
-            seen[key] = name
-        out[name] = t
-    return out
-
-
 def convert(src: str, dst: str, max_shard_size: int | None = None,
             progress: bool | None = None, metadata: dict[str, str] | None = None) -> list[str]:
     """Convert the pickle checkpoint at ``src`` to safetensors at ``dst``; returns the files
@@ -199,7 +184,7 @@ def convert(src: str, dst: str, max_shard_size: int | None = None,
             obj = merged
         bar.update(0, "writing")
         if sharded_out:
-            tensors = _dedupe_aliases(_flat_tensors(obj, src))
+            tensors = _flat_tensors(obj, src)
             from .sharded import save_sharded
 
             os.makedirs(dst, exist_ok=True)

@@ -1,6 +1,11 @@
-"""The safetensors dtype names and their torch counterparts (FORMAT.md's table).
+"""The safetensors dtypes and their torch counterparts, as the C core says.
 
-Two dtypes need a note:
+Nothing here is written by hand: names, bits and torch names come from the C
+core's one table (``_C.dtypes()``: st_dtype_name, st_dtype_bits,
+st_dtype_torch_name, st_dtype_torch_values), and each file tensor's torch
+dtype and shape from its view policy (``_C.File.info(i).torch_dtype`` /
+``.torch_shape`` / ``.flags``: st_tensor_torch_view). The policy, for Python
+and C++ alike (include/safetensors.h):
 
 * ``F4`` (``float4_e2m1fn_x2``): torch packs two F4 values in one element, so
   a file shape ``[..., 2k]`` is the torch shape ``[..., k]``. A file F4 tensor
@@ -11,6 +16,9 @@ Two dtypes need a note:
   them), never unpacked: we do not guess a packing. The header's shape is in
   ``safe_open(...).get_slice(name).get_shape()``. They cannot be written from
   torch tensors.
+* Data whose address (or, for the pread backend, file offset) is not a
+  multiple of the torch element size is loaded as an owned, aligned copy,
+  never as a misaligned zero-copy view.
 """
 
 from __future__ import annotations
@@ -19,60 +27,41 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-# Writer rank order (FORMAT.md): the st_dtype number is the index.
-ST_DTYPES: Tuple[str, ...] = (
-    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3",
-    "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16",
-    "I32", "U32", "F32", "C64", "F64", "I64", "U64",
-)
+from . import _C
 
-BITS: Dict[str, int] = {
-    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8,
-    "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
-    "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32,
-    "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
-}
+_ROWS = _C.dtypes()
 
-# Raw-byte dtypes: no torch dtype; loaded as flat uint8.
-RAW_BYTES = frozenset({"F6_E2M3", "F6_E3M2"})
+#: The format's dtype names, indexed by st_dtype number.
+ST_DTYPES: Tuple[str, ...] = tuple(r.name for r in _ROWS)
 
+#: Bits per element of each file dtype.
+BITS: Dict[str, int] = {r.name: r.bits for r in _ROWS}
 
-def _opt(name: str) -> Optional[torch.dtype]:
-    return getattr(torch, name, None)
+#: File values per torch element: 1; 2 for F4 (pairs); 0 for F6 (raw bytes).
+TORCH_VALUES: Dict[str, int] = {r.name: r.torch_values for r in _ROWS}
 
+#: Raw-byte dtypes: no torch dtype; loaded as flat uint8.
+RAW_BYTES = frozenset(n for n, v in TORCH_VALUES.items() if v == 0)
 
-_PAIRS = (
-    ("BOOL", torch.bool),
-    ("F4", _opt("float4_e2m1fn_x2")),
-    ("U8", torch.uint8),
-    ("I8", torch.int8),
-    ("F8_E5M2", _opt("float8_e5m2")),
-    ("F8_E4M3", _opt("float8_e4m3fn")),
-    ("F8_E8M0", _opt("float8_e8m0fnu")),
-    ("F8_E4M3FNUZ", _opt("float8_e4m3fnuz")),
-    ("F8_E5M2FNUZ", _opt("float8_e5m2fnuz")),
-    ("I16", torch.int16),
-    ("U16", _opt("uint16")),
-    ("F16", torch.float16),
-    ("BF16", torch.bfloat16),
-    ("I32", torch.int32),
-    ("U32", _opt("uint32")),
-    ("F32", torch.float32),
-    ("C64", torch.complex64),
-    ("F64", torch.float64),
-    ("I64", torch.int64),
-    ("U64", _opt("uint64")),
-)
+#: Dtypes whose torch shape is not always the file shape.
+RESHAPED = frozenset(n for n, v in TORCH_VALUES.items() if v != 1)
 
-#: safetensors name -> torch dtype (F6 -> uint8, raw bytes).
-TO_TORCH: Dict[str, torch.dtype] = {n: d for n, d in _PAIRS if d is not None}
-for _n in RAW_BYTES:
-    TO_TORCH[_n] = torch.uint8
+#: torch's name -> torch dtype, for the dtypes this torch has.
+TORCH_BY_NAME: Dict[str, torch.dtype] = {
+    r.torch_name: getattr(torch, r.torch_name) for r in _ROWS
+    if isinstance(getattr(torch, r.torch_name, None), torch.dtype)}
+
+#: safetensors name -> the torch dtype it loads as (F6 -> uint8, raw bytes).
+TO_TORCH: Dict[str, torch.dtype] = {
+    r.name: TORCH_BY_NAME[r.torch_name] for r in _ROWS
+    if r.torch_name in TORCH_BY_NAME}
 
 #: torch dtype -> safetensors name (the dtypes torch can write).
-FROM_TORCH: Dict[torch.dtype, str] = {d: n for n, d in _PAIRS if d is not None}
+FROM_TORCH: Dict[torch.dtype, str] = {
+    d: _C.dtype_from_torch_name(n) for n, d in TORCH_BY_NAME.items()
+    if _C.dtype_from_torch_name(n) is not None}
 
-F4_TORCH = _opt("float4_e2m1fn_x2")
+F4_TORCH = TO_TORCH.get("F4")
 
 
 def st_name(dtype: torch.dtype) -> Optional[str]:
@@ -93,25 +82,24 @@ def nbytes(name: str, shape) -> int:
     return n * BITS[name] // 8
 
 
-#: Dtypes whose torch shape is not the file shape.
-RESHAPED = RAW_BYTES | {"F4"}
-
-
 def torch_shape(name: str, shape, nbytes_: int) -> Tuple[int, ...]:
-    """The torch shape of a file tensor of dtype name and file shape."""
+    """The torch shape of a slice of file dtype name and file shape. (Whole
+    tensors carry theirs in TensorInfo.torch_shape; a slice applies the same
+    policy to its own shape, with the C table's values per element.)"""
     shape = tuple(int(d) for d in shape)
-    if name in RAW_BYTES:
+    values = TORCH_VALUES[name]
+    if values == 1:
+        return shape
+    if values == 0 or not shape or shape[-1] % values:
         return (nbytes_,)
-    if name == "F4":
-        if len(shape) == 0 or shape[-1] % 2:
-            return (nbytes_,)
-        return shape[:-1] + (shape[-1] // 2,)
-    return shape
+    return shape[:-1] + (shape[-1] // values,)
 
 
 def file_shape(dtype: torch.dtype, shape) -> Tuple[int, ...]:
     """The file shape of a torch tensor (F4 doubles the last dimension)."""
     shape = tuple(int(d) for d in shape)
-    if dtype is F4_TORCH and F4_TORCH is not None and len(shape) > 0:
-        return shape[:-1] + (shape[-1] * 2,)
+    name = FROM_TORCH.get(dtype)
+    values = TORCH_VALUES.get(name, 1) if name is not None else 1
+    if values > 1 and shape:
+        return shape[:-1] + (shape[-1] * values,)
     return shape

@@ -35,6 +35,7 @@ ST_OK = 0
 ST_ERR_INVALID_ARGUMENT = 1
 ST_ERR_NOMEM = 2
 ST_ERR_IO = 3
+ST_ERR_HEADER_DESERIALIZATION = 8
 ST_ERR_NOT_FOUND = 17
 ST_ERR_INVALID_SLICE = 18
 ST_ERR_UNSUPPORTED = 20
@@ -50,6 +51,19 @@ class SafetensorValueError(SafetensorError, ValueError):
 
 class SafetensorSharedTensorError(SafetensorError, RuntimeError):
     """save_file/save given tensors that share memory (as the reference)."""
+
+
+class SafetensorOverlapError(SafetensorSharedTensorError, TypeError):
+    """torch.save(..., strict=True) given tensors whose bytes overlap without
+    being exact aliases (also a TypeError, what that refusal always was)."""
+
+
+class SafetensorRecordError(SafetensorError, ValueError):
+    """A structure record (docs/RECORD.md) that breaks a rule of its spec."""
+
+
+class SafetensorRecordVersionError(SafetensorRecordError):
+    """A structure record whose version this reader does not know."""
 
 
 class SafetensorIndexError(SafetensorError, IndexError):
@@ -137,7 +151,9 @@ def wrap(exc: BaseException, cls: Type[SafetensorError],
 
 __all__ = [
     "SafetensorError", "SafetensorTypeError", "SafetensorValueError",
-    "SafetensorSharedTensorError", "SafetensorIndexError",
+    "SafetensorSharedTensorError", "SafetensorOverlapError",
+    "SafetensorRecordError", "SafetensorRecordVersionError",
+    "SafetensorIndexError",
     "SafetensorKeyError", "SafetensorMemoryError", "SafetensorOSError",
     "SafetensorFileNotFoundError", "SafetensorPermissionError",
     "SafetensorIsADirectoryError", "make_error",

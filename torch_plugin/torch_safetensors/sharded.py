@@ -19,7 +19,14 @@ Example::
     ...     w = ckpt["lm_head.weight"]
 
 Shard names in an index must be plain file names in the index's directory
-(no separators, no ``..``): an index cannot make us open other files.
+(no separators, no ``..``): an index cannot make us open other files. A
+directory without an index loads its ``model.safetensors`` alone when it has
+one, else every ``*.safetensors`` file in it except shards of
+``model.safetensors`` (without their index, those are what an interrupted
+save left).
+
+Saving is crash-consistent and stores tied weights once: see
+:func:`save_sharded`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import signal
 from collections.abc import Mapping
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -40,7 +49,9 @@ from .errors import (
     SafetensorValueError,
     make_error,
 )
-from .torch import _check_tensor_kind, _write_tensors, safe_open
+from . import _alias
+from ._io import check_tensor_dict, write_tensors
+from .torch import safe_open
 
 __all__ = ["save_sharded", "load_sharded", "open_sharded", "ShardedCheckpoint",
            "parse_size", "INDEX_NAME", "WEIGHTS_NAME"]
@@ -107,71 +118,148 @@ def _split(tensors: Dict[str, torch.Tensor],
     return shards
 
 
-def _shard_name(weights_name: str, k: int, total: int) -> str:
+def _shard_name(weights_name: str, k: int, total: int, token: str = "") -> str:
     stem, ext = os.path.splitext(weights_name)
-    return f"{stem}-{k:05d}-of-{total:05d}{ext}"
+    return f"{stem}-{k:05d}-of-{total:05d}{token}{ext}"
+
+
+def _shard_pattern(weights_name: str) -> "re.Pattern[str]":
+    """Shard names of weights_name, with or without a generation token."""
+    stem, ext = os.path.splitext(weights_name)
+    return re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}(?:-[0-9a-f]{8})?"
+                      + re.escape(ext))
+
+
+#: Test hook: with TORCH_SAFETENSORS_TEST_STOP_AT=N in the environment, a
+#: save stops itself (SIGSTOP) at its N-th phase, so that a test can SIGKILL
+#: it there. Unset, it costs one dictionary lookup per phase.
+_STOP_ENV = "TORCH_SAFETENSORS_TEST_STOP_AT"
+
+
+class _Phases:
+    def __init__(self) -> None:
+        stop = os.environ.get(_STOP_ENV)
+        self.stop = int(stop) if stop else 0
+        self.n = 0
+
+    def __call__(self) -> None:
+        self.n += 1
+        if self.n == self.stop:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _in_use(directory: str, weights_name: str) -> set:
+    """The files the checkpoint now in directory consists of (its index's
+    shards and the index, or its single file)."""
+    used = set()
+    index_path = os.path.join(directory, weights_name + ".index.json")
+    if os.path.isfile(index_path):
+        used.add(os.path.basename(index_path))
+        try:
+            with open(index_path, "rb") as fh:
+                wm = json.loads(fh.read().decode("utf-8")).get("weight_map")
+            if isinstance(wm, dict):
+                used.update(v for v in wm.values() if isinstance(v, str))
+        except (OSError, ValueError, AttributeError):
+            pass  # a broken index names nothing we must keep
+    if os.path.isfile(os.path.join(directory, weights_name)):
+        used.add(weights_name)
+    return used
 
 
 def save_sharded(tensors: Dict[str, torch.Tensor], save_directory: PathLike,
                  max_shard_size: Union[int, str] = "5GB",
                  metadata: Optional[Dict[str, str]] = None, *,
                  weights_name: str = WEIGHTS_NAME,
-                 fsync: bool = True) -> List[str]:
-    """Saves tensors as Hugging Face shards plus an index.
+                 fsync: bool = True, policy: str = "tie") -> List[str]:
+    """Saves tensors as Hugging Face shards plus an index, crash-consistently.
 
     Args:
         tensors: name -> tensor (any dense tensor; non-contiguous and device
-            tensors are copied; tensors sharing memory are stored as copies).
+            tensors are copied).
         save_directory: created if needed.
         max_shard_size: bytes per shard (int or "5GB"-style string).
         metadata: extra ``__metadata__`` for every shard (``format`` is "pt"
             unless given).
         weights_name: ``model.safetensors``; shards are named from it.
+        policy: tensors that share memory (docs/RECORD.md, "Shared memory"):
+            ``"tie"`` (default) stores tied weights once, under the first
+            name; the index maps only the kept names, as ``save_pretrained``
+            does, and every shard records each dropped name as
+            ``torch_safetensors.alias.<dropped>`` = ``<kept>`` so that
+            :func:`load_sharded` gives it back sharing storage. ``"copy"``
+            stores every name; ``"error"`` refuses shared memory.
 
-    Returns the file names written (shards, then the index if any). Old
-    shards of the same weights_name in the directory that the new index
-    does not name are removed, so the directory stays consistent.
+    A save killed at any point leaves a directory that loads as exactly the
+    old checkpoint or exactly the new one: new shards get names no file of
+    the old checkpoint has (``model-00001-of-00003.safetensors``, or with a
+    ``-<8 hex>`` generation token when those are in use), each written
+    durably; then the index is published (temporary file, fsync, rename,
+    directory fsync), or for a single-file checkpoint ``model.safetensors``
+    is renamed into place and the old index removed; only then are the old
+    files removed. A checkpoint that fits in one shard is written as a plain
+    ``model.safetensors`` with no index, as ``save_pretrained`` does.
+
+    Returns the file names written (shards, then the index if any).
     """
-    if not isinstance(tensors, dict):
-        raise make_error(SafetensorTypeError,
-                         f"tensors must be a dict, not {type(tensors).__name__}")
-    for k, v in tensors.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise make_error(SafetensorTypeError,
-                             "tensors must map str names to tensors",
-                             tensor_name=k if isinstance(k, str) else None)
-        _check_tensor_kind(k, v)
+    check_tensor_dict(tensors)
+    owner = _alias.resolve(list(tensors), list(tensors.values()), policy)
+    kept, dropped = _alias.tie(tensors, owner)
     limit = parse_size(max_shard_size)
     directory = os.fspath(save_directory)
     os.makedirs(directory, exist_ok=True)
     shard_md: Dict[str, str] = {"format": "pt"}
     if metadata:
         shard_md.update(metadata)
-    groups = _split(tensors, limit)
+    shard_md.update(_alias.alias_metadata(dropped))
+    groups = _split(kept, limit)
+    phase = _Phases()
+    index_name = weights_name + ".index.json"
+    index_path = os.path.join(directory, index_name)
+    pattern = _shard_pattern(weights_name)
+    old = _in_use(directory, weights_name)
     written: List[str] = []
-    index_path = os.path.join(directory, weights_name + ".index.json")
-    stem, ext = os.path.splitext(weights_name)
-    stale = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(ext))
     if len(groups) == 1:
-        _write_tensors({k: tensors[k] for k in groups[0]},
-                       os.path.join(directory, weights_name), shard_md,
-                       fsync=fsync)
+        # The rename publishes it. An old index still present wins for our
+        # loader (old checkpoint) until it is removed below; transformers
+        # takes model.safetensors first (new checkpoint): each sees one.
+        write_tensors({k: kept[k] for k in groups[0]},
+                      os.path.join(directory, weights_name), shard_md,
+                      fsync=fsync)
         written.append(weights_name)
+        phase()
         if os.path.exists(index_path):
             os.remove(index_path)
+            if fsync:
+                _fsync_dir(directory)
+            phase()
     else:
+        names = [_shard_name(weights_name, k, len(groups))
+                 for k in range(1, len(groups) + 1)]
+        if old.intersection(names):
+            token = "-" + secrets.token_hex(4)
+            names = [_shard_name(weights_name, k, len(groups), token)
+                     for k in range(1, len(groups) + 1)]
         weight_map: Dict[str, str] = {}
-        for k, names in enumerate(groups, start=1):
-            fname = _shard_name(weights_name, k, len(groups))
-            _write_tensors({n: tensors[n] for n in names},
-                           os.path.join(directory, fname), shard_md,
-                           fsync=fsync)
+        for fname, group in zip(names, groups):
+            write_tensors({n: kept[n] for n in group},
+                          os.path.join(directory, fname), shard_md,
+                          fsync=fsync)
             written.append(fname)
-            for n in names:
+            for n in group:
                 weight_map[n] = fname
+            phase()
         index = {
             "metadata": {"total_size": sum(_nbytes(t)
-                                           for t in tensors.values())},
+                                           for t in kept.values())},
             "weight_map": dict(sorted(weight_map.items())),
         }
         tmp = index_path + ".tmp"
@@ -182,11 +270,28 @@ def save_sharded(tensors: Dict[str, torch.Tensor], save_directory: PathLike,
             if fsync:
                 os.fsync(fh.fileno())
         os.replace(tmp, index_path)
-        written.append(os.path.basename(index_path))
+        if fsync:
+            _fsync_dir(directory)
+        written.append(index_name)
+        phase()
+        # The index is published; a single model.safetensors of the old
+        # checkpoint goes first (transformers would take it over the index).
+        if weights_name in old:
+            os.remove(os.path.join(directory, weights_name))
+            if fsync:
+                _fsync_dir(directory)
+            phase()
     keep = set(written)
-    for entry in os.listdir(directory):
-        if stale.fullmatch(entry) and entry not in keep:
+    removed = False
+    for entry in sorted(os.listdir(directory)):
+        if entry not in keep and (entry in old or pattern.fullmatch(entry)):
+            if entry in (weights_name, index_name):
+                continue  # handled above; never the new checkpoint's files
             os.remove(os.path.join(directory, entry))
+            removed = True
+            phase()
+    if removed and fsync:
+        _fsync_dir(directory)
     return written
 
 
@@ -249,6 +354,7 @@ class ShardedCheckpoint(Mapping):
         self._device = device
         self._backend = backend
         self._handles: Dict[str, safe_open] = {}
+        self._alias_cache: Optional[Dict[str, str]] = None
         self.index_metadata: Dict[str, Any] = {}
         if os.path.isdir(path):
             index_path = _find_index(path)
@@ -270,9 +376,18 @@ class ShardedCheckpoint(Mapping):
             self._map = {k: fname for k in f.offset_keys()}
 
     def _from_directory(self, directory: str) -> None:
+        """No index: model.safetensors alone when it is there; else every
+        .safetensors file except shards of model.safetensors, which without
+        their index are leftovers of an interrupted save_sharded."""
         self._dir = os.path.abspath(directory)
+        if os.path.isfile(os.path.join(directory, WEIGHTS_NAME)):
+            self._map = {k: WEIGHTS_NAME
+                         for k in self._handle(WEIGHTS_NAME).offset_keys()}
+            return
+        orphan = _shard_pattern(WEIGHTS_NAME)
         files = sorted(e for e in os.listdir(directory)
                        if e.endswith(".safetensors")
+                       and not orphan.fullmatch(e)
                        and os.path.isfile(os.path.join(directory, e)))
         if not files:
             raise make_error(SafetensorFileNotFoundError,
@@ -296,8 +411,19 @@ class ShardedCheckpoint(Mapping):
             self._handles[fname] = h
         return h
 
+    def _aliases(self) -> Dict[str, str]:
+        """Dropped tied name -> kept name, as save_sharded records them."""
+        if self._alias_cache is None:
+            md = self.metadata() or {}
+            self._alias_cache = {
+                k[len(_alias.ALIAS_KEY_PREFIX):]: v for k, v in md.items()
+                if k.startswith(_alias.ALIAS_KEY_PREFIX) and v in self._map}
+        return self._alias_cache
+
     def __getitem__(self, name: str) -> torch.Tensor:
         fname = self._map.get(name)
+        if fname is None and name in self._aliases():
+            return _alias.share(self[self._aliases()[name]])
         if fname is None:
             raise make_error(SafetensorKeyError,
                              f"checkpoint does not contain tensor {name}",
@@ -360,7 +486,8 @@ class ShardedCheckpoint(Mapping):
             for name, t in f.get_tensors().items():
                 if name in names:
                     out[name] = t
-        return {name: out[name] for name in self._map}
+        out = {name: out[name] for name in self._map}
+        return _alias.restore(out, self.metadata())
 
     def close(self) -> None:
         for h in self._handles.values():
@@ -384,7 +511,9 @@ def open_sharded(path: PathLike,
 def load_sharded(path: PathLike,
                  device: Union[str, int, torch.device] = "cpu", *,
                  backend: str = "mmap") -> Dict[str, torch.Tensor]:
-    """Loads every tensor of a sharded checkpoint into one dict.
+    """Loads every tensor of a sharded checkpoint into one dict; tied names
+    that save_sharded stored once come back sharing the kept tensor's
+    storage.
 
     path: ``model.safetensors.index.json``, a directory (its index, or else
     every ``*.safetensors`` file in it), or a single file.

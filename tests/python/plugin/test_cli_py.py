@@ -12,7 +12,7 @@ import torch
 
 import torch_safetensors  # noqa: F401
 from torch_safetensors import _cli
-from torch_safetensors.torch import load_file
+from torch_safetensors.torch import load_file, safe_open
 from _bhelpers import assert_same, assert_tree_equal
 
 
@@ -117,15 +117,19 @@ def test_convert_sharded_output(tmp_path):
     assert set(back) == set(sd)
     for k in sd:
         assert_same(sd[k], back[k])
-    # a single pickle file into shards; tied names are dropped as Hugging Face does
+    # a single pickle file into shards; tied names are stored once, as Hugging Face does,
+    # and load_sharded gives them back sharing storage (docs/RECORD.md, "Shared memory")
     sd2 = dict(sd)
     sd2["alias"] = sd["layer.0.weight"]
     torch.save(sd2, sd_src)
     out2 = tmp_path / "hf2"
     assert _cli.main(["convert", str(sd_src), str(out2), "--max-shard-size", "5GB",
                       "--no-progress"]) == 0
+    with safe_open(out2 / "model.safetensors", framework="pt") as f:
+        assert set(f.keys()) == set(sd)
     back = dict(load_sharded(out2))
-    assert set(back) == set(sd)
+    assert set(back) == set(sd2)
+    assert back["alias"].data_ptr() == back["layer.0.weight"].data_ptr()
 
 
 class Evil:

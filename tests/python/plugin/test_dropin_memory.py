@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import torch_safetensors.torch as st
-from torch_safetensors.torch import _read_tensors
+from torch_safetensors._io import read_tensors as _read_tensors
 
 from _ahelpers import assert_same_dict, collect, inside_mapping, mappings_of
 

@@ -9,7 +9,7 @@ import torch
 import torch_safetensors.torch as st
 from torch_safetensors import _C
 from torch_safetensors.errors import SafetensorError, SafetensorValueError
-from torch_safetensors.torch import _read_tensors, _write_tensors
+from torch_safetensors._io import read_tensors as _read_tensors, write_tensors as _write_tensors
 
 from _ahelpers import DTYPES, assert_same, assert_same_dict, rand
 

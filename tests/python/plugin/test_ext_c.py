@@ -95,7 +95,7 @@ def test_sources_path_fd_pathlike_buffer(sample):
     for f in (_C.File(path), by_fd, _C.File(data), _C.File(bytearray(data)),
               _C.File(str(path), backend="pread")):
         out = np.empty(6, dtype=np.float32)
-        f.read_into(0, out)
+        f._read_into(0, out)
         assert out.tobytes() == a.tobytes()
         f.close()
     with pytest.raises(TypeError):
@@ -136,7 +136,7 @@ def test_read_only_views_by_default(sample):
         with pytest.raises(TypeError):
             memoryview(v)[0] = 1
         with pytest.raises(BufferError):  # asking for a writable export
-            f.read_into(0, v)
+            f._read_into(0, v)
 
 
 def test_pread_has_no_zero_copy(sample):
@@ -152,16 +152,16 @@ def test_read_into_pointer_and_too_small(sample):
     path, a, b = sample
     with _C.File(str(path)) as f:
         out = np.zeros(4, dtype=np.uint8)
-        f.read_into("b", out.ctypes.data, out.nbytes)
+        f._read_into("b", out.ctypes.data, out.nbytes)
         assert out.tobytes() == b.tobytes()
         small = np.zeros(2, dtype=np.float32)
         with pytest.raises(SafetensorError) as ei:
-            f.read_into("a", small)
+            f._read_into("a", small)
         assert ei.value.status_name == "ST_ERR_BUFFER_TOO_SMALL"
         with pytest.raises(TypeError):
-            f.read_into("a", out.ctypes.data)  # nbytes required
+            f._read_into("a", out.ctypes.data)  # nbytes required
         with pytest.raises(BufferError):
-            f.read_into("a", b"immutable")
+            f._read_into("a", b"immutable")
 
 
 def test_slices(sample):
@@ -179,7 +179,7 @@ def test_slices(sample):
                 shape, nbytes = f.slice_shape(0, ranges)
                 assert shape == expect.shape and nbytes == expect.nbytes
                 out = np.empty(expect.shape, dtype=np.float32)
-                f.read_slice_into(0, ranges, out)
+                f._read_slice_into(0, ranges, out)
                 assert np.array_equal(out, expect)
             with pytest.raises(SafetensorError) as ei:
                 f.slice_shape(0, [(0, None, 0)])
@@ -193,7 +193,7 @@ def test_read_many_parallel_copy(sample):
     with _C.File(str(path)) as f:
         oa = np.zeros(6, dtype=np.float32)
         ob = np.zeros(4, dtype=np.uint8)
-        stats = f.read_many([(0, oa.ctypes.data, oa.nbytes),
+        stats = f._read_many([(0, oa.ctypes.data, oa.nbytes),
                              ("b", ob.ctypes.data, ob.nbytes)], threads=2)
         assert oa.tobytes() == a.tobytes() and ob.tobytes() == b.tobytes()
         assert stats["bytes_copied"] == stats["bytes_read"] == oa.nbytes + ob.nbytes
@@ -208,10 +208,10 @@ def test_read_many_engine_flags(tmp_path):
             for flags in (0, _C.EXEC_HUGEPAGES, _C.EXEC_NO_PREFAULT,
                           _C.EXEC_HUGEPAGES | _C.EXEC_DIRECT):
                 out = np.zeros_like(big)
-                f.read_many([(0, out.ctypes.data, out.nbytes)], flags=flags)
+                f._read_many([(0, out.ctypes.data, out.nbytes)], flags=flags)
                 assert np.array_equal(out, big), (backend, flags)
             with pytest.raises(ValueError, match="unknown engine flags"):
-                f.read_many([(0, out.ctypes.data, out.nbytes)], flags=0x100)
+                f._read_many([(0, out.ctypes.data, out.nbytes)], flags=0x100)
 
 
 def test_read_many_slices_count_only_their_bytes(tmp_path):
@@ -221,13 +221,13 @@ def test_read_many_slices_count_only_their_bytes(tmp_path):
         with _C.File(path, backend=backend) as f:
             col = np.zeros((64, 6), dtype=np.float32)   # one of 8 column shards
             rows = np.zeros((8, 48), dtype=np.float32)  # every 8th row, negative start
-            stats = f.read_many([("m", col.ctypes.data, col.nbytes, [(0, None, 1), (6, 12, 1)]),
+            stats = f._read_many([("m", col.ctypes.data, col.nbytes, [(0, None, 1), (6, 12, 1)]),
                                  ("m", rows.ctypes.data, rows.nbytes, [(-64, None, 8)])])
             assert np.array_equal(col, m[:, 6:12])
             assert np.array_equal(rows, m[-64::8])
             assert stats["bytes_read"] == col.nbytes + rows.nbytes
             with pytest.raises(SafetensorError) as ei:
-                f.read_many([("m", col.ctypes.data, col.nbytes - 1, [(0, None, 1), (6, 12, 1)])])
+                f._read_many([("m", col.ctypes.data, col.nbytes - 1, [(0, None, 1), (6, 12, 1)])])
             assert ei.value.status_name == "ST_ERR_BUFFER_TOO_SMALL"
 
 
@@ -246,7 +246,7 @@ def test_concurrent_reads_from_threads(tmp_path):
             try:
                 for _ in range(20):
                     out = np.empty_like(arrays[name])
-                    f.read_into(name, out)
+                    f._read_into(name, out)
                     assert np.array_equal(out, arrays[name])
             except Exception as e:  # pragma: no cover - reported below
                 errors.append(e)
