@@ -32,6 +32,20 @@
  *     used by one thread at a time.
  *   - Values are never checked: a BOOL byte other than 0/1 or a NaN payload
  *     is returned as stored.
+ *   - Options structs carry their size and reserved room: struct_size must be
+ *     what the matching *_init set, and unknown flag bits and non-zero
+ *     reserved fields are refused (ST_ERR_INVALID_ARGUMENT), never ignored,
+ *     so they can be given a meaning later.
+ *
+ * Two tiers (as zstd has)
+ *   - Stable: every section not marked experimental (version, status and
+ *     errors, dtypes and the torch mapping, allocation, reading, writing).
+ *     Numbers, names and struct layouts are pinned; the SONAME changes only
+ *     when they break.
+ *   - Experimental: "Plans and the copy engine" (st_plan_*, st_exec_*,
+ *     ST_EXEC_*), declared only when the caller defines ST_EXPERIMENTAL_API
+ *     before including this header. It may change in any release, and a
+ *     program that uses it must be rebuilt against the exact version.
  */
 #ifndef SAFETENSORS_H
 #define SAFETENSORS_H
@@ -43,15 +57,10 @@
 extern "C" {
 #endif
 
-#if defined(ST_STATIC_DEFINE)
-#  define ST_API
-#elif defined(_WIN32)
-#  if defined(ST_BUILDING_LIBRARY)
-#    define ST_API __declspec(dllexport)
-#  else
-#    define ST_API __declspec(dllimport)
-#  endif
-#elif defined(__GNUC__) && __GNUC__ >= 4
+/* The library needs POSIX (mmap, pread, O_TMPFILE or named temp files,
+ * pthreads) and is built with gcc or clang; its symbols are hidden except
+ * those marked ST_API. */
+#if defined(__GNUC__) && __GNUC__ >= 4
 #  define ST_API __attribute__((visibility("default")))
 #else
 #  define ST_API
@@ -241,7 +250,7 @@ typedef enum st_backend {
 #define ST_DEFAULT_MAX_NAME_LEN 65536u
 #define ST_DEFAULT_MAX_DEPTH 64u        /* JSON nesting, unknown fields too */
 
-/* Flags for st_open_options.flags. */
+/* Flags for st_open_options.flags; any other bit is refused. */
 #define ST_OPEN_ALLOW_TRAILING_BYTES 0x1u /* tolerate bytes after the last
                                              tensor (format: an error) */
 #define ST_OPEN_MAP_PRIVATE_WRITABLE 0x2u /* mmap backend: a private
@@ -251,9 +260,11 @@ typedef enum st_backend {
 #define ST_OPEN_MAP_POPULATE 0x4u         /* mmap backend: prefault pages */
 #define ST_OPEN_ALLOW_HUGE_HEADER 0x8u    /* let max_header_size exceed
                                              ST_MAX_HEADER_SIZE */
+#define ST_OPEN_ALL_FLAGS 0xFu            /* every ST_OPEN_* bit defined */
 
 typedef struct st_open_options {
-  size_t struct_size;        /* sizeof(st_open_options); set by _init */
+  size_t struct_size;        /* sizeof(st_open_options), set by _init; any
+                                other value is refused */
   st_backend backend;
   uint32_t flags;            /* ST_OPEN_* */
   uint64_t max_header_size;  /* default ST_MAX_HEADER_SIZE */
@@ -262,7 +273,7 @@ typedef struct st_open_options {
   uint64_t max_tensors;      /* default ST_DEFAULT_MAX_TENSORS */
   uint64_t max_name_len;     /* bytes; default ST_DEFAULT_MAX_NAME_LEN */
   const st_allocator *allocator; /* NULL: libc */
-  uint64_t reserved[8];      /* zero */
+  uint64_t reserved[8];      /* zero (else refused) */
 } st_open_options;
 
 /** Fills opts with the defaults. Always call it before changing fields. */
@@ -271,8 +282,9 @@ ST_API void st_open_options_init(st_open_options *opts);
 /** Opens and fully validates the file at path. opts NULL: defaults.
  *  On success *out is a handle to free with st_close(); on failure *out is
  *  NULL and err (may be NULL) says why.
- *  Statuses: ST_ERR_INVALID_ARGUMENT, ST_ERR_IO, ST_ERR_NOMEM, and every
- *  format status (4..16). */
+ *  Statuses: ST_ERR_INVALID_ARGUMENT (also for options with a wrong
+ *  struct_size, an unknown flag bit, a non-zero reserved field or an unknown
+ *  backend), ST_ERR_IO, ST_ERR_NOMEM, and every format status (4..16). */
 ST_API st_status st_open(const char *path, const st_open_options *opts,
                          st_file **out, st_error *err);
 
@@ -316,12 +328,14 @@ typedef struct st_tensor_info {
   uint64_t numel;        /* product of shape (1 for a scalar) */
   uint64_t data_begin;   /* byte range, relative to the data section */
   uint64_t data_end;
+  uint64_t reserved[4];  /* zeroed by st_tensor_get; room to grow */
 } st_tensor_info;
 
 /** Number of tensors. */
 ST_API size_t st_tensor_count(const st_file *file);
 
-/** Tensor number index in file order (sorted by data_begin, then name).
+/** Tensor number index in file order (sorted by data_begin, then name); every
+ *  field of *out is written, reserved ones zeroed.
  *  Statuses: ST_ERR_INVALID_ARGUMENT (index out of range or NULL out). */
 ST_API st_status st_tensor_get(const st_file *file, size_t index,
                                st_tensor_info *out);
@@ -440,96 +454,6 @@ ST_API st_status st_tensor_read_slice(const st_file *file, size_t index,
                                       st_error *err);
 
 /* ==========================================================================
- * Plans and the copy engine
- *
- * A load is a plan: a list of (source byte range of the data section ->
- * destination) entries. st_plan_execute() splits the entries into chunks and
- * runs them on a pool of threads: memcpy from the mapping (mmap backend,
- * memory handles) or pread straight into the destination (pread backend).
- * Slices and subsets are just plans; the engine counts the bytes it reads.
- * ========================================================================== */
-
-typedef struct st_plan st_plan;
-
-/** Creates an empty plan over file (borrowed: it must outlive the plan).
- *  allocator NULL: libc. Statuses: ST_ERR_NOMEM, ST_ERR_INVALID_ARGUMENT. */
-ST_API st_status st_plan_new(const st_file *file, const st_allocator *allocator,
-                             st_plan **out, st_error *err);
-
-/** Frees a plan. NULL is a no-op. */
-ST_API void st_plan_free(st_plan *plan);
-
-/** Adds a copy of len bytes at offset of the data section into dst (borrowed
- *  until the plan is executed or freed). Statuses: ST_ERR_INVALID_ARGUMENT
- *  (range outside the data section, NULL dst with len > 0), ST_ERR_NOMEM. */
-ST_API st_status st_plan_add_range(st_plan *plan, uint64_t offset, uint64_t len,
-                                   void *dst, st_error *err);
-
-/** Adds a whole tensor (dst_size >= its byte size). Statuses: those of
- *  st_plan_add_range, ST_ERR_BUFFER_TOO_SMALL. */
-ST_API st_status st_plan_add_tensor(st_plan *plan, size_t index, void *dst,
-                                    size_t dst_size, st_error *err);
-
-/** Adds a slice of a tensor (the semantics of st_tensor_read_slice), as one
- *  entry per contiguous run, written row-major into dst. Statuses: those of
- *  st_slice_shape and st_plan_add_range. */
-ST_API st_status st_plan_add_slice(st_plan *plan, size_t index,
-                                   const st_range *ranges, size_t nranges,
-                                   void *dst, size_t dst_size, st_error *err);
-
-/** Number of entries and total bytes the plan will copy. */
-ST_API size_t st_plan_entry_count(const st_plan *plan);
-ST_API uint64_t st_plan_bytes(const st_plan *plan);
-
-/* Flags for st_exec_options.flags. */
-#define ST_EXEC_NO_PREFAULT 0x1u /* don't populate the destination's page
-                                    tables (MADV_POPULATE_WRITE) ahead of
-                                    each chunk's copy */
-#define ST_EXEC_DIRECT 0x2u      /* pread backend: read with O_DIRECT,
-                                    bypassing the page cache (cold reads of
-                                    large files), through aligned bounce
-                                    buffers; where the filesystem refuses
-                                    O_DIRECT, buffered reads are used and
-                                    st_exec_stats.direct says so */
-#define ST_EXEC_HUGEPAGES 0x4u   /* the destinations are fresh memory that
-                                    the plan overwrites: advise transparent
-                                    huge pages (MADV_HUGEPAGE) on the 2 MiB-
-                                    aligned part of every entry of 2 MiB or
-                                    more before copying into it, so the kernel
-                                    zeroes and maps 2 MiB at a time. Changes
-                                    the advice of the caller's memory; where
-                                    huge pages are off it does nothing */
-
-typedef struct st_exec_options {
-  size_t struct_size;   /* sizeof(st_exec_options); set by _init */
-  uint32_t threads;     /* 0: the number of online CPUs */
-  uint32_t flags;       /* ST_EXEC_* */
-  uint64_t chunk_size;  /* bytes per work item; 0: 8 MiB */
-  uint64_t reserved[8]; /* zero */
-} st_exec_options;
-
-/** Fills opts with the defaults. */
-ST_API void st_exec_options_init(st_exec_options *opts);
-
-typedef struct st_exec_stats {
-  uint64_t bytes_copied;  /* bytes written to destinations */
-  uint64_t bytes_read;    /* bytes read from the file or mapping (with
-                             O_DIRECT: whole aligned blocks, so more) */
-  uint64_t chunks;        /* work items run */
-  uint32_t threads_used;
-  uint32_t direct;        /* 1 when the reads went through O_DIRECT */
-  uint64_t reserved[6];
-} st_exec_stats;
-
-/** Runs the plan: every entry's bytes land in its destination. opts NULL:
- *  defaults; stats may be NULL. Thread-safe with respect to other readers of
- *  the same file. The plan can be executed again. Statuses: ST_ERR_IO,
- *  ST_ERR_FILE_CHANGED, ST_ERR_NOMEM (threads), ST_ERR_INVALID_ARGUMENT. */
-ST_API st_status st_plan_execute(const st_plan *plan,
-                                 const st_exec_options *opts,
-                                 st_exec_stats *stats, st_error *err);
-
-/* ==========================================================================
  * Writing
  * ========================================================================== */
 
@@ -559,8 +483,8 @@ ST_API st_status st_writer_add_metadata(st_writer *writer, const char *key,
 /** Makes the header carry a __metadata__ object even when no entry is added:
  *  `"__metadata__":{}`, which is what the reference writes for an empty
  *  metadata dict (with no entries and no call, the key is left out).
- *  Statuses: ST_ERR_INVALID_ARGUMENT (NULL writer). */
-ST_API st_status st_writer_declare_metadata(st_writer *writer);
+ *  err may be NULL. Statuses: ST_ERR_INVALID_ARGUMENT (NULL writer). */
+ST_API st_status st_writer_declare_metadata(st_writer *writer, st_error *err);
 
 /** Declares a tensor whose data_len bytes are at data (borrowed until the
  *  write ends). The name and shape are copied. data_len must equal shape x
@@ -586,7 +510,7 @@ ST_API st_status st_writer_add_tensor_cb(st_writer *writer, const char *name,
 
 /** The total file size the writer will produce (8 + N + data), computing the
  *  layout. Statuses: ST_ERR_HEADER_TOO_LARGE, ST_ERR_VALIDATION_OVERFLOW,
- *  ST_ERR_NOMEM. */
+ *  ST_ERR_NOMEM, ST_ERR_INVALID_ARGUMENT (NULL writer or size). */
 ST_API st_status st_writer_size(st_writer *writer, uint64_t *size,
                                 st_error *err);
 
@@ -633,6 +557,106 @@ ST_API st_status st_writer_write_fd(st_writer *writer, int fd, st_error *err);
 ST_API st_status st_writer_write_memory(st_writer *writer, void *dst,
                                         size_t dst_size, size_t *written,
                                         st_error *err);
+
+#ifdef ST_EXPERIMENTAL_API
+
+/* ==========================================================================
+ * Plans and the copy engine -- EXPERIMENTAL: declared only with
+ * ST_EXPERIMENTAL_API defined before this header; may change in any release.
+ *
+ * A load is a plan: a list of (source byte range of the data section ->
+ * destination) entries. st_plan_execute() splits the entries into chunks and
+ * runs them on a pool of threads: memcpy from the mapping (mmap backend,
+ * memory handles) or pread straight into the destination (pread backend).
+ * Slices and subsets are just plans; the engine counts the bytes it reads.
+ * ========================================================================== */
+
+typedef struct st_plan st_plan;
+
+/** Creates an empty plan over file (borrowed: it must outlive the plan).
+ *  allocator NULL: libc. Statuses: ST_ERR_NOMEM, ST_ERR_INVALID_ARGUMENT. */
+ST_API st_status st_plan_new(const st_file *file, const st_allocator *allocator,
+                             st_plan **out, st_error *err);
+
+/** Frees a plan. NULL is a no-op. */
+ST_API void st_plan_free(st_plan *plan);
+
+/** Adds a copy of len bytes at offset of the data section into dst (borrowed
+ *  until the plan is executed or freed). Statuses: ST_ERR_INVALID_ARGUMENT
+ *  (range outside the data section, NULL dst with len > 0), ST_ERR_NOMEM. */
+ST_API st_status st_plan_add_range(st_plan *plan, uint64_t offset, uint64_t len,
+                                   void *dst, st_error *err);
+
+/** Adds a whole tensor (dst_size >= its byte size). Statuses: those of
+ *  st_plan_add_range, ST_ERR_BUFFER_TOO_SMALL. */
+ST_API st_status st_plan_add_tensor(st_plan *plan, size_t index, void *dst,
+                                    size_t dst_size, st_error *err);
+
+/** Adds a slice of a tensor (the semantics of st_tensor_read_slice), as one
+ *  entry per contiguous run, written row-major into dst. Statuses: those of
+ *  st_slice_shape and st_plan_add_range. */
+ST_API st_status st_plan_add_slice(st_plan *plan, size_t index,
+                                   const st_range *ranges, size_t nranges,
+                                   void *dst, size_t dst_size, st_error *err);
+
+/** Number of entries and total bytes the plan will copy. */
+ST_API size_t st_plan_entry_count(const st_plan *plan);
+ST_API uint64_t st_plan_bytes(const st_plan *plan);
+
+/* Flags for st_exec_options.flags; any other bit is refused. */
+#define ST_EXEC_NO_PREFAULT 0x1u /* don't populate the destination's page
+                                    tables (MADV_POPULATE_WRITE) ahead of
+                                    each chunk's copy */
+#define ST_EXEC_DIRECT 0x2u      /* pread backend: read with O_DIRECT,
+                                    bypassing the page cache (cold reads of
+                                    large files), through aligned bounce
+                                    buffers; where the filesystem refuses
+                                    O_DIRECT, buffered reads are used and
+                                    st_exec_stats.direct says so */
+#define ST_EXEC_HUGEPAGES 0x4u   /* the destinations are fresh memory that
+                                    the plan overwrites: advise transparent
+                                    huge pages (MADV_HUGEPAGE) on the 2 MiB-
+                                    aligned part of every entry of 2 MiB or
+                                    more before copying into it, so the kernel
+                                    zeroes and maps 2 MiB at a time. Changes
+                                    the advice of the caller's memory; where
+                                    huge pages are off it does nothing */
+
+#define ST_EXEC_ALL_FLAGS 0x7u  /* every ST_EXEC_* bit defined */
+
+typedef struct st_exec_options {
+  size_t struct_size;   /* sizeof(st_exec_options), set by _init; any other
+                           value is refused */
+  uint32_t threads;     /* 0: the number of online CPUs */
+  uint32_t flags;       /* ST_EXEC_* */
+  uint64_t chunk_size;  /* bytes per work item; 0: 8 MiB */
+  uint64_t reserved[8]; /* zero (else refused) */
+} st_exec_options;
+
+/** Fills opts with the defaults. */
+ST_API void st_exec_options_init(st_exec_options *opts);
+
+typedef struct st_exec_stats {
+  uint64_t bytes_copied;  /* bytes written to destinations */
+  uint64_t bytes_read;    /* bytes read from the file or mapping (with
+                             O_DIRECT: whole aligned blocks, so more) */
+  uint64_t chunks;        /* work items run */
+  uint32_t threads_used;
+  uint32_t direct;        /* 1 when the reads went through O_DIRECT */
+  uint64_t reserved[6];
+} st_exec_stats;
+
+/** Runs the plan: every entry's bytes land in its destination. opts NULL:
+ *  defaults; stats may be NULL. Thread-safe with respect to other readers of
+ *  the same file. The plan can be executed again. Statuses: ST_ERR_IO,
+ *  ST_ERR_FILE_CHANGED, ST_ERR_NOMEM (threads), ST_ERR_INVALID_ARGUMENT
+ *  (also for options with a wrong struct_size, an unknown flag bit or a
+ *  non-zero reserved field). */
+ST_API st_status st_plan_execute(const st_plan *plan,
+                                 const st_exec_options *opts,
+                                 st_exec_stats *stats, st_error *err);
+
+#endif /* ST_EXPERIMENTAL_API */
 
 #ifdef __cplusplus
 }

@@ -172,6 +172,13 @@ size_t st__utf8_put(unsigned char out[4], uint32_t cp) {
   return 4;
 }
 
+bool st__all_zero(const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++)
+    if (b[i] != 0) return false;
+  return true;
+}
+
 int st__bytes_cmp(const void *a, size_t al, const void *b, size_t bl) {
   size_t m = al < bl ? al : bl;
   int c = m > 0 ? memcmp(a, b, m) : 0;

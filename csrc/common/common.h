@@ -6,6 +6,7 @@
 #ifndef ST_COMMON_COMMON_H
 #define ST_COMMON_COMMON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,6 +48,9 @@ size_t st__utf8_decode(const unsigned char *s, size_t n, uint32_t *cp);
 
 /* Encodes code point cp (<= U+10FFFF) as UTF-8 into out; returns 1..4. */
 size_t st__utf8_put(unsigned char out[4], uint32_t cp);
+
+/* Whether the n bytes at p are all zero (reserved fields of options). */
+bool st__all_zero(const void *p, size_t n);
 
 /* Byte-wise order of a[0..al) and b[0..bl): memcmp, then the shorter first.
  * Negative, zero or positive. */

@@ -25,6 +25,7 @@ size_t st_tensor_count(const st_file *f) { return f != NULL ? f->ntensors : 0; }
 st_status st_tensor_get(const st_file *f, size_t index, st_tensor_info *out) {
   if (f == NULL || out == NULL || index >= f->ntensors) return ST_ERR_INVALID_ARGUMENT;
   const st__tensor *t = &f->tensors[index];
+  memset(out, 0, sizeof *out);
   out->name = t->name;
   out->name_len = t->name_len;
   out->dtype = t->dtype;

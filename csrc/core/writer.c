@@ -249,12 +249,14 @@ static bool grow(const st_allocator *a, void **arr, size_t *cap, size_t count,
   return true;
 }
 
-st_status st_writer_declare_metadata(st_writer *w) {
-  if (w == NULL) return ST_ERR_INVALID_ARGUMENT;
+st_status st_writer_declare_metadata(st_writer *w, st_error *err) {
+  if (w == NULL)
+    return st__fail(err, ST_ERR_INVALID_ARGUMENT, "writer is NULL", ST_NO_OFFSET, NULL, 0, 0);
   if (!w->meta_declared) {
     drop_layout(w);
     w->meta_declared = true;
   }
+  st__ok(err);
   return ST_OK;
 }
 
@@ -541,24 +543,20 @@ static void j_header(jbuf *b, const st_writer *w) {
   j_char(b, '}');
 }
 
-static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen) {
-  int c = memcmp(a, b, alen < blen ? alen : blen);
-  if (c != 0) return c;
-  return alen < blen ? -1 : alen > blen;
-}
-
-/* The reference's order: dtype rank descending, then name byte-wise. */
+/* The reference's order: dtype rank descending (its own table, not the
+ * enum numbers), then name byte-wise. */
 static int tensor_cmp(const void *pa, const void *pb) {
   const wtensor *a = *(const wtensor *const *)pa;
   const wtensor *b = *(const wtensor *const *)pb;
-  if (a->dtype != b->dtype) return a->dtype > b->dtype ? -1 : 1;
-  return bytes_cmp(a->key.s, a->key.len, b->key.s, b->key.len);
+  unsigned ra = st__dtype_rank(a->dtype), rb = st__dtype_rank(b->dtype);
+  if (ra != rb) return ra > rb ? -1 : 1;
+  return st__bytes_cmp(a->key.s, a->key.len, b->key.s, b->key.len);
 }
 
 static int meta_cmp(const void *pa, const void *pb) {
   const wmeta *a = *(const wmeta *const *)pa;
   const wmeta *b = *(const wmeta *const *)pb;
-  return bytes_cmp(a->key.s, a->key.len, b->key.s, b->key.len);
+  return st__bytes_cmp(a->key.s, a->key.len, b->key.s, b->key.len);
 }
 
 static st_status lay_out(st_writer *w, st_error *err) {

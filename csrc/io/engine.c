@@ -396,8 +396,14 @@ st_status st_plan_execute(const st_plan *plan, const st_exec_options *opts, st_e
   st_exec_options o;
   st_exec_options_init(&o);
   if (opts != NULL) {
-    if (opts->struct_size < offsetof(st_exec_options, reserved))
-      return st__fail(err, ST_ERR_INVALID_ARGUMENT, "options not initialised", ST_NO_OFFSET, NULL, 0, 0);
+    const char *bad = opts->struct_size != sizeof *opts
+                          ? "st_exec_options.struct_size is not sizeof(st_exec_options) "
+                            "(call st_exec_options_init)"
+                      : (opts->flags & ~ST_EXEC_ALL_FLAGS) ? "unknown st_exec_options.flags bits"
+                      : !st__all_zero(opts->reserved, sizeof opts->reserved)
+                          ? "st_exec_options.reserved is not zero"
+                          : NULL;
+    if (bad != NULL) return st__fail(err, ST_ERR_INVALID_ARGUMENT, bad, ST_NO_OFFSET, NULL, 0, 0);
     o.threads = opts->threads;
     o.flags = opts->flags;
     o.chunk_size = opts->chunk_size != 0 ? opts->chunk_size : ENGINE_DEFAULT_CHUNK;

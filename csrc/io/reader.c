@@ -40,10 +40,13 @@ static st_status io_fail(st_error *err, const char *msg, int e) {
 static st_status take_options(const st_open_options *in, st_open_options *o, st_error *err) {
   st_open_options_init(o);
   if (in == NULL) return ST_OK;
-  if (in->struct_size < offsetof(st_open_options, reserved))
-    return bad_arg(err, "st_open_options not initialized (struct_size)");
-  memcpy(o, in, offsetof(st_open_options, reserved));
-  o->struct_size = sizeof *o;
+  if (in->struct_size != sizeof *in)
+    return bad_arg(err, "st_open_options.struct_size is not sizeof(st_open_options) "
+                        "(call st_open_options_init)");
+  if (in->flags & ~ST_OPEN_ALL_FLAGS) return bad_arg(err, "unknown st_open_options.flags bits");
+  if (!st__all_zero(in->reserved, sizeof in->reserved))
+    return bad_arg(err, "st_open_options.reserved is not zero");
+  *o = *in;
   if (o->backend != ST_BACKEND_MMAP && o->backend != ST_BACKEND_PREAD)
     return bad_arg(err, "unknown backend");
   if (o->max_header_size > ST_MAX_HEADER_SIZE && !(o->flags & ST_OPEN_ALLOW_HUGE_HEADER))

@@ -1299,7 +1299,7 @@ static PyObject *Writer_declare_metadata(WriterObject *self,
                                          PyObject *Py_UNUSED(ignored)) {
   if (writer_check(self) < 0)
     return NULL;
-  st_writer_declare_metadata(self->w);
+  st_writer_declare_metadata(self->w, NULL);
   Py_RETURN_NONE;
 }
 

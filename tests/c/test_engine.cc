@@ -3,6 +3,7 @@
 // many threads, every backend giving bitwise-identical results.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -196,6 +197,50 @@ TEST(Engine, RefusesBadInput) {
   EXPECT_EQ(stats.bytes_copied, 0u);
   st_plan_free(plan);
   st_plan_free(nullptr);
+  st_close(f);
+}
+
+// st_exec_options: unknown flag bits, non-zero reserved fields and a
+// struct_size other than st_exec_options_init's are refused before anything
+// is copied; every defined flag is accepted.
+TEST(Engine, OptionsRefuseUnknownBitsReservedAndSize) {
+  struct Case {
+    const char *what;
+    void (*mutate)(st_exec_options *);
+    st_status want;
+  };
+  const Case cases[] = {
+      {"defaults", [](st_exec_options *) {}, ST_OK},
+      {"no prefault", [](st_exec_options *o) { o->flags = ST_EXEC_NO_PREFAULT; }, ST_OK},
+      {"all defined flags", [](st_exec_options *o) { o->flags = ST_EXEC_ALL_FLAGS; }, ST_OK},
+      {"flag 0x8", [](st_exec_options *o) { o->flags = 0x8u; }, ST_ERR_INVALID_ARGUMENT},
+      {"flag 0x80000000", [](st_exec_options *o) { o->flags = 0x80000000u; }, ST_ERR_INVALID_ARGUMENT},
+      {"reserved[0]", [](st_exec_options *o) { o->reserved[0] = 1; }, ST_ERR_INVALID_ARGUMENT},
+      {"reserved[7]", [](st_exec_options *o) { o->reserved[7] = 1; }, ST_ERR_INVALID_ARGUMENT},
+      {"struct_size 0", [](st_exec_options *o) { o->struct_size = 0; }, ST_ERR_INVALID_ARGUMENT},
+      {"struct_size - 8", [](st_exec_options *o) { o->struct_size -= 8; }, ST_ERR_INVALID_ARGUMENT},
+      {"struct_size + 8", [](st_exec_options *o) { o->struct_size += 8; }, ST_ERR_INVALID_ARGUMENT},
+  };
+  std::string data;
+  std::string bytes = build({{"x", {10}}}, &data);
+  st_file *f = nullptr;
+  ASSERT_EQ(st_open_memory(bytes.data(), bytes.size(), nullptr, &f, nullptr), ST_OK);
+  st_plan *plan = nullptr;
+  ASSERT_EQ(st_plan_new(f, nullptr, &plan, nullptr), ST_OK);
+  std::vector<char> out(data.size());
+  ASSERT_EQ(st_plan_add_tensor(plan, 0, out.data(), out.size(), nullptr), ST_OK);
+  for (const Case &c : cases) {
+    SCOPED_TRACE(c.what);
+    st_exec_options o;
+    st_exec_options_init(&o);
+    c.mutate(&o);
+    std::fill(out.begin(), out.end(), 0);
+    st_error err;
+    EXPECT_EQ(st_plan_execute(plan, &o, nullptr, &err), c.want);
+    EXPECT_EQ(err.code, c.want);
+    EXPECT_EQ(std::string(out.data(), out.size()) == data, c.want == ST_OK);
+  }
+  st_plan_free(plan);
   st_close(f);
 }
 

@@ -313,6 +313,71 @@ TEST_F(ReaderApi, OptionsAndOpenErrors) {
   std::remove(empty.c_str());
 }
 
+// Unknown flag bits, non-zero reserved fields and a struct_size other than
+// what st_open_options_init sets are refused, by every open entry point, so
+// they can be given a meaning later; every defined flag alone is accepted.
+TEST_F(ReaderApi, OptionsRefuseUnknownBitsReservedAndSize) {
+  struct Case {
+    const char *what;
+    void (*mutate)(st_open_options *);
+    st_status want;
+  };
+  const Case cases[] = {
+      {"defaults", [](st_open_options *) {}, ST_OK},
+      {"each defined flag", [](st_open_options *o) { o->flags = ST_OPEN_ALLOW_TRAILING_BYTES; }, ST_OK},
+      {"map flags", [](st_open_options *o) { o->flags = ST_OPEN_MAP_PRIVATE_WRITABLE | ST_OPEN_MAP_POPULATE; }, ST_OK},
+      {"all defined flags", [](st_open_options *o) { o->flags = ST_OPEN_ALL_FLAGS; }, ST_OK},
+      {"flag 0x10", [](st_open_options *o) { o->flags = 0x10u; }, ST_ERR_INVALID_ARGUMENT},
+      {"flag 0x80000000", [](st_open_options *o) { o->flags = 0x80000000u | ST_OPEN_MAP_POPULATE; },
+       ST_ERR_INVALID_ARGUMENT},
+      {"reserved[0]", [](st_open_options *o) { o->reserved[0] = 1; }, ST_ERR_INVALID_ARGUMENT},
+      {"reserved[7]", [](st_open_options *o) { o->reserved[7] = UINT64_MAX; }, ST_ERR_INVALID_ARGUMENT},
+      {"struct_size 0", [](st_open_options *o) { o->struct_size = 0; }, ST_ERR_INVALID_ARGUMENT},
+      {"struct_size - 8", [](st_open_options *o) { o->struct_size -= 8; }, ST_ERR_INVALID_ARGUMENT},
+      {"struct_size + 8", [](st_open_options *o) { o->struct_size += 8; }, ST_ERR_INVALID_ARGUMENT},
+  };
+  const std::string bytes = sttest::read_bytes(path_);
+  ASSERT_FALSE(bytes.empty());
+  int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  for (const Case &c : cases) {
+    for (int entry = 0; entry < 3; entry++) {
+      SCOPED_TRACE(std::string(c.what) + " entry " + std::to_string(entry));
+      st_open_options o;
+      st_open_options_init(&o);
+      c.mutate(&o);
+      st_file *f = reinterpret_cast<st_file *>(0x1);
+      st_error err;
+      st_status st = entry == 0   ? st_open(path_.c_str(), &o, &f, &err)
+                     : entry == 1 ? st_open_fd(fd, &o, &f, &err)
+                                  : st_open_memory(bytes.data(), bytes.size(), &o, &f, &err);
+      EXPECT_EQ(st, c.want);
+      EXPECT_EQ(err.code, c.want);
+      if (st == ST_OK) {
+        ASSERT_NE(f, nullptr);
+        st_close(f);
+      } else {
+        EXPECT_EQ(f, nullptr);
+        EXPECT_EQ(err.offset, ST_NO_OFFSET);
+      }
+    }
+  }
+  close(fd);
+}
+
+// st_tensor_info's reserved words are room to grow: st_tensor_get writes
+// every field, so a caller's garbage never survives in them.
+TEST_F(ReaderApi, TensorGetZeroesReservedWords) {
+  st_file *f = nullptr;
+  ASSERT_EQ(st_open(path_.c_str(), nullptr, &f, nullptr), ST_OK);
+  ASSERT_GT(st_tensor_count(f), 0u);
+  st_tensor_info info;
+  std::memset(&info, 0xA5, sizeof info);
+  ASSERT_EQ(st_tensor_get(f, 0, &info), ST_OK);
+  for (uint64_t r : info.reserved) EXPECT_EQ(r, 0u);
+  st_close(f);
+}
+
 TEST_F(ReaderApi, PrivateWritableAndPopulate) {
   st_open_options o;
   st_open_options_init(&o);

@@ -1394,8 +1394,8 @@ TEST(WriterBytes, DeclaredEmptyMetadataMatchesReference) {
   ASSERT_EQ(st_writer_add_tensor(w, "a", 1, ST_F32, shape, 1, zeros, sizeof zeros, nullptr), ST_OK);
   uint64_t size_before = 0, size_after = 0;
   ASSERT_EQ(st_writer_size(w, &size_before, nullptr), ST_OK);
-  EXPECT_EQ(st_writer_declare_metadata(nullptr), ST_ERR_INVALID_ARGUMENT);
-  ASSERT_EQ(st_writer_declare_metadata(w), ST_OK);
+  EXPECT_EQ(st_writer_declare_metadata(nullptr, nullptr), ST_ERR_INVALID_ARGUMENT);
+  ASSERT_EQ(st_writer_declare_metadata(w, nullptr), ST_OK);
   ASSERT_EQ(st_writer_size(w, &size_after, nullptr), ST_OK);
   EXPECT_GT(size_after, size_before);  // the cached layout was dropped
   std::string out(static_cast<size_t>(size_after), '\0');

@@ -297,7 +297,7 @@ std::unique_ptr<Model> build(const std::vector<Spec> &specs,
                                kv.second.size(), nullptr) != ST_OK)
       return nullptr;
   }
-  if (declare_meta && st_writer_declare_metadata(w) != ST_OK) return nullptr;
+  if (declare_meta && st_writer_declare_metadata(w, nullptr) != ST_OK) return nullptr;
   return m;
 }
 
