@@ -285,10 +285,12 @@ _LOAD_DOC = """torch.load, extended by torch_safetensors to read safetensors fil
 
 _SAVE_DOC = """torch.save, extended by torch_safetensors with ``format="safetensors"``.
 
-    ``torch.save(obj, f, format="safetensors", metadata=None, strict=False)`` writes ``obj`` (a
-    tensor, or nested dicts/lists/tuples of tensors and plain values) as safetensors with a
-    structure record, never pickling; anything else raises a TypeError naming its path. Without
-    ``format`` (or with ``format="pickle"``) the previously installed torch.save runs unchanged.
+    ``torch.save(obj, f, format="safetensors", metadata=None, strict=False, policy="tie")`` writes
+    ``obj`` (a tensor, or nested dicts/lists/tuples of tensors and plain values) as safetensors
+    with a structure record, never pickling; anything else raises a TypeError naming its path.
+    ``policy`` ("tie", "copy" or "error") says what happens to tensors that share memory
+    (docs/RECORD.md, "Shared memory"). Without ``format`` (or with ``format="pickle"``) the
+    previously installed torch.save runs unchanged.
 
     Example::
 
@@ -328,14 +330,14 @@ def _make_load(prev):
 
 def _make_save(prev):
     def save(obj, f, *args, format: str | None = None, metadata: dict[str, str] | None = None,
-             strict: bool = False, **kwargs):
+             strict: bool = False, policy: str = "tie", **kwargs):
         if id(save) in _disabled:
             if format is not None:
                 kwargs["format"] = format
             return prev(obj, f, *args, **kwargs)
         if format is None or format == "pickle":
-            if metadata is not None or strict:
-                raise TypeError("metadata= and strict= need format='safetensors'")
+            if metadata is not None or strict or policy != "tie":
+                raise TypeError("metadata=, strict= and policy= need format='safetensors'")
             return prev(obj, f, *args, **kwargs)
         if format != "safetensors":
             raise _value_error(f"unknown format {format!r}: use 'safetensors' or 'pickle'")
@@ -343,7 +345,7 @@ def _make_save(prev):
             raise TypeError(
                 "torch.save(format='safetensors') takes no pickle arguments; got "
                 f"{len(args)} positional and {sorted(kwargs)}")
-        save_safetensors(obj, f, metadata=metadata, strict=strict)
+        save_safetensors(obj, f, metadata=metadata, strict=strict, policy=policy)
 
     save.__doc__ = _SAVE_DOC
     save.__qualname__ = save.__name__ = "save"
