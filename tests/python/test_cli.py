@@ -113,7 +113,7 @@ class StError(ctypes.Structure):
 @pytest.fixture(scope="module")
 def lib():
     if not os.path.exists(LIB):
-        pytest.skip(f"no shared library at {LIB}")
+        pytest.fail(f"no shared library at {LIB} (set ST_LIBRARY)")
     so = ctypes.CDLL(LIB)
     so.st_open.argtypes = [ctypes.c_char_p, ctypes.c_void_p,
                            ctypes.POINTER(ctypes.c_void_p),
@@ -597,7 +597,8 @@ def test_sharded_relative_to_index_folder(tmp_path: Path, monkeypatch):
 
 
 def test_sharded_transformers_save_pretrained(tmp_path: Path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     config = transformers.BertConfig(vocab_size=99, hidden_size=32,
                                      num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=37,

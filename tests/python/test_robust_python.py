@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torch_safetensors")
-pytest.importorskip("hypothesis")
+import hypothesis  # noqa: E402,F401  (a missing package fails, never skips)
+import torch  # noqa: E402
+import torch_safetensors  # noqa: E402,F401
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "_robust_child.py"
