@@ -24,7 +24,7 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_INSTALL_PREFIX="$PREFIX" >/dev/null
 # Everything the install step installs, plus the C++ tests.
 cmake --build "$BUILD" -j "$JOBS" --target safetensors safetensors_static safetensors_torch \
-  cpp_test_load cpp_test_module
+  cpp_test_load cpp_test_module cpp_test_fixtures
 
 step "C++ tests"
 ctest --test-dir "$BUILD" -R '^cpp_' --output-on-failure

@@ -39,7 +39,7 @@ void save(const std::string &path, const torch::nn::Module &module, const Metada
 
 LoadReport load_into(torch::nn::Module &module, const std::string &path, bool strict,
                      const LoadOptions &options) {
-  File file(path, options.backend, options.populate);
+  File file(path, options.backend, options.populate, options.aliases);
   TensorDict targets = state_dict(module);
   LoadReport report;
 

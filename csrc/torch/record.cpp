@@ -1,235 +1,212 @@
-// Reads only what C++ needs from the structure record: the aliases. The rest
-// of the record (containers, plain values, devices) rebuilds Python objects
-// and has no C++ counterpart.
+// The structure record as docs/RECORD.md specifies it: C++ accepts and refuses
+// exactly the records Python's torch.load does (the same rules in the same
+// order as torch_plugin/torch_safetensors/_record.py), and keeps what a flat
+// name -> tensor map needs: the aliases. The JSON is read by the project's
+// one strict reader (csrc/common/json.h).
 #include "record.hpp"
 
-#include <cstdint>
-#include <memory>
+#include "json.hpp"
+
+#include <c10/core/Device.h>
+
+#include <cstring>
+#include <set>
 #include <utility>
 #include <vector>
 
 namespace safetensors::detail {
 namespace {
 
-constexpr int kMaxDepth = 256;
+// docs/RECORD.md: JSON nesting of at most 256 levels, the record object being
+// level 1.
+constexpr uint32_t kMaxDepth = 256;
 
-struct Json {
-  enum Kind { Null, Bool, Number, String, Array, Object } kind = Null;
-  std::string text;  // String: decoded; Number: as written
-  std::vector<Json> items;         // Array elements; Object values
-  std::vector<std::string> keys;   // Object keys, parallel to items
+[[noreturn]] void refuse(std::string message) {
+  throw RecordError{ST_ERR_HEADER_DESERIALIZATION, "structure record: " + std::move(message)};
+}
 
-  const Json *get(std::string_view key) const {
-    for (size_t i = 0; i < keys.size(); ++i)
-      if (keys[i] == key) return &items[i];
-    return nullptr;
+// Python's repr of a decoded string, near enough for a message.
+std::string quoted(const std::string &s) { return "'" + s + "'"; }
+
+// A JSON integer as Python's str(int) writes it ("-0" is 0).
+std::string integer_text(std::string_view raw) {
+  return raw == "-0" ? std::string("0") : std::string(raw);
+}
+
+bool device_parses(const std::string &s) {
+  try {
+    c10::Device d(s);
+    (void)d;
+    return true;
+  } catch (const std::exception &) {
+    return false;
   }
-};
+}
 
-class Parser {
+// A torch.dtype by its Python name, as the C core's table spells it.
+bool dtype_known(const std::string &name) {
+  st_dtype d;
+  if (st_dtype_from_torch_name(name.data(), name.size(), &d) != ST_OK) return false;
+  const char *torch_name = st_dtype_torch_name(d);
+  return torch_name && name == torch_name;
+}
+
+class Walker {
  public:
-  explicit Parser(std::string_view s) : s_(s) {}
+  Walker(const Json &doc, const st_file *file) : doc_(doc), file_(file) {}
 
-  bool parse(Json &out) {
-    if (!value(out, 0)) return false;
-    ws();
-    return pos_ == s_.size();
+  std::map<std::string, std::string> aliases;
+
+  // path: the node's path name; named: whether its tensors have one (the
+  // nodes of an odict's "meta" do not).
+  void node(size_t k, const std::string &path, bool root, bool named) {
+    if (doc_.is_string(k)) return;
+    if (doc_.type(k) == ST__JSON_PRIMITIVE) {
+      if (doc_.is_number(k) && !doc_.is_integer(k) && !doc_.is_finite(k))
+        refuse("bad float " + std::string(doc_.raw(k)));
+      return;
+    }
+    if (doc_.is_array(k)) refuse("unexpected JSON array");
+    size_t t = doc_.find(k, "t");
+    std::string type = t != Json::npos && doc_.is_string(t) ? doc_.string(t) : std::string();
+    if (type == "float") {
+      size_t v = doc_.find(k, "v");
+      if (v == Json::npos ||
+          !(doc_.string_is(v, "inf") || doc_.string_is(v, "-inf") || doc_.string_is(v, "nan")))
+        refuse("bad float");
+    } else if (type == "list" || type == "tuple") {
+      size_t items = doc_.find(k, "items");
+      if (items == Json::npos || !doc_.is_array(items)) refuse(type + " without items");
+      size_t i = 0;
+      for (size_t c : doc_.children(items))
+        node(c, join(path, std::to_string(i++)), false, named);
+    } else if (type == "dict" || type == "odict") {
+      mapping(k, type == "odict", path, named);
+    } else if (type == "size") {
+      size_t v = doc_.find(k, "v");
+      if (v == Json::npos || !doc_.is_array(v)) refuse("bad size");
+      for (size_t c : doc_.children(v))
+        if (!doc_.is_integer(c)) refuse("bad size");
+    } else if (type == "dtype") {
+      size_t v = doc_.find(k, "v");
+      if (v == Json::npos || !doc_.is_string(v) || !dtype_known(doc_.string(v)))
+        refuse("unknown dtype" + (v != Json::npos ? " " + std::string(doc_.raw(v)) : ""));
+    } else if (type == "device") {
+      device(doc_.find(k, "v"), true);
+    } else if (type == "tensor") {
+      tensor(k, path, root, named);
+    } else {
+      refuse("unknown node type" + (t != Json::npos ? " " + std::string(doc_.raw(t)) : ""));
+    }
   }
 
  private:
-  void ws() {
-    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' ||
-                                s_[pos_] == '\n' || s_[pos_] == '\r'))
-      ++pos_;
-  }
-  bool lit(std::string_view w) {
-    if (s_.substr(pos_, w.size()) != w) return false;
-    pos_ += w.size();
-    return true;
-  }
-  static int hex(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  }
-  bool u4(uint32_t &cp) {
-    if (s_.size() - pos_ < 4) return false;
-    cp = 0;
-    for (int i = 0; i < 4; ++i) {
-      int h = hex(s_[pos_++]);
-      if (h < 0) return false;
-      cp = cp * 16 + static_cast<uint32_t>(h);
-    }
-    return true;
-  }
-  static void utf8(std::string &out, uint32_t cp) {
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xC0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xE0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (cp >> 18));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-  }
-  bool string(std::string &out) {
-    if (pos_ >= s_.size() || s_[pos_] != '"') return false;
-    ++pos_;
-    while (pos_ < s_.size()) {
-      char c = s_[pos_++];
-      if (c == '"') return true;
-      if (static_cast<unsigned char>(c) < 0x20) return false;
-      if (c != '\\') {
-        out += c;
-        continue;
-      }
-      if (pos_ >= s_.size()) return false;
-      char e = s_[pos_++];
-      switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          uint32_t cp;
-          if (!u4(cp)) return false;
-          if (cp >= 0xD800 && cp < 0xDC00) {
-            uint32_t lo;
-            if (!lit("\\u") || !u4(lo) || lo < 0xDC00 || lo >= 0xE000) return false;
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          } else if (cp >= 0xDC00 && cp < 0xE000) {
-            return false;
-          }
-          utf8(out, cp);
-          break;
-        }
-        default: return false;
-      }
-    }
-    return false;
-  }
-  bool value(Json &out, int depth) {
-    if (depth > kMaxDepth) return false;
-    ws();
-    if (pos_ >= s_.size()) return false;
-    char c = s_[pos_];
-    if (c == '{') {
-      out.kind = Json::Object;
-      ++pos_;
-      ws();
-      if (pos_ < s_.size() && s_[pos_] == '}') { ++pos_; return true; }
-      for (;;) {
-        ws();
-        std::string key;
-        if (!string(key)) return false;
-        ws();
-        if (!lit(":")) return false;
-        Json v;
-        if (!value(v, depth + 1)) return false;
-        out.keys.push_back(std::move(key));
-        out.items.push_back(std::move(v));
-        ws();
-        if (lit(",")) continue;
-        return lit("}");
-      }
-    }
-    if (c == '[') {
-      out.kind = Json::Array;
-      ++pos_;
-      ws();
-      if (pos_ < s_.size() && s_[pos_] == ']') { ++pos_; return true; }
-      for (;;) {
-        Json v;
-        if (!value(v, depth + 1)) return false;
-        out.items.push_back(std::move(v));
-        ws();
-        if (lit(",")) continue;
-        return lit("]");
-      }
-    }
-    if (c == '"') {
-      out.kind = Json::String;
-      return string(out.text);
-    }
-    if (lit("true") || lit("false")) { out.kind = Json::Bool; return true; }
-    if (lit("null")) { out.kind = Json::Null; return true; }
-    size_t start = pos_;
-    while (pos_ < s_.size() && (s_[pos_] == '-' || s_[pos_] == '+' || s_[pos_] == '.' ||
-                                s_[pos_] == 'e' || s_[pos_] == 'E' ||
-                                (s_[pos_] >= '0' && s_[pos_] <= '9')))
-      ++pos_;
-    if (pos_ == start) return false;
-    out.kind = Json::Number;
-    out.text = std::string(s_.substr(start, pos_ - start));
-    return true;
-  }
-
-  std::string_view s_;
-  size_t pos_ = 0;
-};
-
-struct Walker {
-  bool (*is_stored)(const void *, const std::string &);
-  const void *ctx;
-  std::map<std::string, std::string> aliases;
-
   static std::string join(const std::string &prefix, const std::string &part) {
     return prefix.empty() ? part : prefix + "." + part;
   }
 
-  // Depth is bounded by the parser's limit.
-  void walk(const Json &n, const std::string &path, bool root) {
-    if (n.kind != Json::Object) return;
-    const Json *t = n.get("t");
-    if (!t || t->kind != Json::String) return;
-    if (t->text == "tensor") {
-      const Json *name = n.get("name");
-      if (!name || name->kind != Json::String) return;
-      std::string natural = root ? std::string("tensor") : path;
-      if (natural != name->text && is_stored(ctx, name->text) &&
-          !is_stored(ctx, natural))
-        aliases.emplace(std::move(natural), name->text);
-      return;
+  bool stored(const std::string &name, size_t *index) const {
+    return st_tensor_find(file_, name.data(), name.size(), index) == ST_OK;
+  }
+
+  // v: the token of a device string, or npos (absent: cpu when optional).
+  void device(size_t v, bool required) const {
+    if (v == Json::npos && !required) return;
+    if (v == Json::npos || !doc_.is_string(v) || !device_parses(doc_.string(v)))
+      refuse("bad device" + (v != Json::npos ? " " + std::string(doc_.raw(v)) : ""));
+  }
+
+  void mapping(size_t k, bool ordered, const std::string &path, bool named) {
+    size_t items = doc_.find(k, "items");
+    if (items == Json::npos || !doc_.is_array(items)) refuse("dict without items");
+    std::set<std::pair<bool, std::string>> keys;  // (is a string, text): 0 != "0"
+    for (size_t it : doc_.children(items)) {
+      if (!doc_.is_array(it) || doc_.size(it) != 2) refuse("bad dict item");
+      size_t key = it + 1;
+      std::string text;
+      if (doc_.is_string(key)) text = doc_.string(key);
+      else if (doc_.is_integer(key)) text = integer_text(doc_.raw(key));
+      else refuse("bad dict item");
+      if (!keys.emplace(doc_.is_string(key), text).second)
+        refuse("duplicate dict key " + (doc_.is_string(key) ? quoted(text) : text));
+      node(doc_.children(it)[1], join(path, text), false, named);
     }
-    const Json *items = n.get("items");
-    if (!items || items->kind != Json::Array) return;
-    if (t->text == "list" || t->text == "tuple") {
-      for (size_t i = 0; i < items->items.size(); ++i)
-        walk(items->items[i], join(path, std::to_string(i)), false);
-    } else if (t->text == "dict" || t->text == "odict") {
-      for (const Json &it : items->items) {
-        if (it.kind != Json::Array || it.items.size() != 2) continue;
-        const Json &key = it.items[0];
-        if (key.kind != Json::String && key.kind != Json::Number) continue;
-        walk(it.items[1], join(path, key.text), false);
+    size_t meta = doc_.find(k, "meta");
+    if (ordered && meta != Json::npos) node(meta, path, false, false);
+  }
+
+  void tensor(size_t k, const std::string &path, bool root, bool named) {
+    size_t name_tok = doc_.find(k, "name");
+    std::string name;
+    size_t index = 0;
+    if (name_tok == Json::npos || !doc_.is_string(name_tok) ||
+        !stored(name = doc_.string(name_tok), &index))
+      refuse("names tensor " + (name_tok != Json::npos ? std::string(doc_.raw(name_tok)) : "None") +
+             ", which is not in the file");
+    for (const char *flag : {"rg", "param"}) {
+      size_t f = doc_.find(k, flag);
+      if (f != Json::npos && !doc_.is_bool(f))
+        refuse(std::string("bad ") + flag + " " + std::string(doc_.raw(f)));
+    }
+    device(doc_.find(k, "device"), false);
+    size_t obj = doc_.find(k, "obj");
+    if (obj != Json::npos) {
+      if (!doc_.is_integer(obj) || (doc_.raw(obj)[0] == '-' && doc_.raw(obj) != "-0"))
+        refuse("bad obj " + std::string(doc_.raw(obj)));
+      auto seen = objs_.emplace(integer_text(doc_.raw(obj)), name);
+      if (!seen.second) {
+        if (seen.first->second != name)
+          refuse("bad obj " + seen.first->first + ": it names " + quoted(seen.first->second) +
+                 " and " + quoted(name));
+        alias(path, root, named, name);
+        return;  // the same object again: nothing more to check (as Python)
       }
     }
+    size_t shape = doc_.find(k, "shape");
+    if (shape != Json::npos) {
+      st_torch_view v;
+      bool one = st_tensor_torch_view(file_, index, &v) == ST_OK && v.rank == 1 && v.numel == 1;
+      if (!doc_.is_array(shape) || doc_.size(shape) != 0 || !one)
+        refuse("bad shape " + std::string(doc_.raw(shape)) + " for " + quoted(name));
+    }
+    alias(path, root, named, name);
   }
+
+  void alias(const std::string &path, bool root, bool named, const std::string &name) {
+    if (!named) return;
+    std::string natural = root ? std::string("tensor") : path;
+    size_t index;
+    if (natural != name && !stored(natural, &index)) aliases.emplace(std::move(natural), name);
+  }
+
+  const Json &doc_;
+  const st_file *file_;
+  std::map<std::string, std::string> objs_;  // obj number -> the name it names
 };
 
 }  // namespace
 
-std::map<std::string, std::string> record_aliases(
-    std::string_view json, bool (*is_stored)(const void *, const std::string &),
-    const void *ctx) {
-  Json doc;
-  if (!Parser(json).parse(doc)) return {};
-  const Json *root = doc.get("root");
-  if (!root) return {};
-  Walker w{is_stored, ctx, {}};
-  w.walk(*root, std::string(), true);
+std::map<std::string, std::string> record_aliases(std::string_view json, const st_file *file) {
+  Json doc(json, kMaxDepth);
+  if (!doc.ok()) {
+    if (doc.error().code == ST__JSON_DEPTH) refuse("nests too deeply");
+    refuse(std::string("not valid JSON: ") + doc.error().message + " at " +
+           std::to_string(doc.error().pos));
+  }
+  if (doc.has_duplicate_key()) refuse("not valid JSON: a field appears twice in one object");
+  if (!doc.is_object(0)) refuse("not a JSON object");
+  size_t version = doc.find(0, "version");
+  if (version == Json::npos || !doc.is_literal(version, std::to_string(kRecordVersion)))
+    throw RecordError{ST_ERR_UNSUPPORTED,
+                      "structure record has an unsupported version " +
+                          (version == Json::npos ? std::string("None")
+                                                 : std::string(doc.raw(version))) +
+                          " (this reader knows version " + std::to_string(kRecordVersion) +
+                          ")"};
+  size_t root = doc.find(0, "root");
+  if (root == Json::npos) refuse("no root");
+  Walker w(doc, file);
+  w.node(root, std::string(), true, true);
   return std::move(w.aliases);
 }
 

@@ -1,7 +1,9 @@
-// record.hpp -- internal to the C++ adapter: reads the aliases out of the
-// structure record that torch.save(format="safetensors") writes.
+// record.hpp -- internal to the C++ adapter: checks the structure record
+// (docs/RECORD.md, version 1) and reads its aliases.
 #ifndef SAFETENSORS_TORCH_RECORD_HPP
 #define SAFETENSORS_TORCH_RECORD_HPP
+
+#include <safetensors.h>
 
 #include <map>
 #include <string>
@@ -9,18 +11,24 @@
 
 namespace safetensors::detail {
 
-// The __metadata__ key of the record (torch_safetensors/_hook.py).
+// The __metadata__ key of the record, and the prefix of every key the project
+// adds (docs/RECORD.md).
+inline constexpr std::string_view kKeyPrefix = "torch_safetensors.";
 inline constexpr std::string_view kStructureKey = "torch_safetensors.structure";
+// The version this adapter reads and writes.
+inline constexpr int kRecordVersion = 1;
 
-// Walks the record's JSON and returns natural dotted name -> stored name for
-// every tensor node whose dotted path differs from the name it is stored
-// under (tied weights stored once). is_stored tells whether a name is a
-// tensor of the file; natural names that are themselves stored tensors are
-// skipped. A record that is not valid JSON or nests deeper than a fixed
-// limit yields no aliases: the file stays readable as a flat dict.
-std::map<std::string, std::string> record_aliases(
-    std::string_view json, bool (*is_stored)(const void *ctx, const std::string &name),
-    const void *ctx);
+// A record that breaks a rule of docs/RECORD.md: the status and message the
+// spec's table gives (Python raises the same).
+struct RecordError {
+  st_status status;
+  std::string message;
+};
+
+// Checks the record text of file against every rule of docs/RECORD.md and
+// returns path name -> stored name for every aliased tensor node. Throws
+// RecordError.
+std::map<std::string, std::string> record_aliases(std::string_view json, const st_file *file);
 
 }  // namespace safetensors::detail
 

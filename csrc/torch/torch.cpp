@@ -214,15 +214,10 @@ TorchView torch_view(const st_file *f, size_t index, const st_tensor_info &info)
   return out;
 }
 
-bool has_name(const void *ctx, const std::string &name) {
-  size_t index;
-  return st_tensor_find(static_cast<const st_file *>(ctx), name.data(), name.size(),
-                        &index) == ST_OK;
-}
-
 }  // namespace
 
-File::File(const std::string &path, Backend backend, bool populate) : path_(path) {
+File::File(const std::string &path, Backend backend, bool populate, bool aliases)
+    : path_(path) {
   st_open_options opts;
   st_open_options_init(&opts);
   opts.backend = backend == Backend::pread ? ST_BACKEND_PREAD : ST_BACKEND_MMAP;
@@ -236,9 +231,20 @@ File::File(const std::string &path, Backend backend, bool populate) : path_(path
 
   const char *record = nullptr;
   size_t record_len = 0;
-  if (st_metadata_find(raw, detail::kStructureKey.data(), detail::kStructureKey.size(),
-                       &record, &record_len) == ST_OK)
-    aliases_ = detail::record_aliases(std::string_view(record, record_len), &has_name, raw);
+  if (!aliases || st_metadata_find(raw, detail::kStructureKey.data(), detail::kStructureKey.size(),
+                                   &record, &record_len) != ST_OK)
+    return;
+  try {
+    aliases_ = detail::record_aliases(std::string_view(record, record_len), raw);
+  } catch (const detail::RecordError &r) {
+    st_error err{};
+    err.code = r.status;
+    err.message = r.message.c_str();
+    err.offset = ST_NO_OFFSET;
+    std::memcpy(err.name, detail::kStructureKey.data(),
+                std::min(detail::kStructureKey.size(), sizeof err.name - 1));
+    throw Error(err, path);
+  }
 }
 
 const st_file *File::checked() const {
@@ -416,7 +422,7 @@ TensorDict File::tensors(const LoadOptions &options) const {
 }
 
 TensorDict load(const std::string &path, const LoadOptions &options) {
-  return File(path, options.backend, options.populate).tensors(options);
+  return File(path, options.backend, options.populate, options.aliases).tensors(options);
 }
 
 Metadata load_metadata(const std::string &path) {

@@ -159,6 +159,14 @@ struct LoadOptions {
   bool copy = false;
   // Prefault the mapping (MAP_POPULATE).
   bool populate = false;
+  // Honour the structure record (docs/RECORD.md): tied names that the file
+  // stores once come back sharing the stored tensor's storage. The record is
+  // checked when the file opens, and one that breaks a rule of the spec
+  // throws (ST_ERR_HEADER_DESERIALIZATION; ST_ERR_UNSUPPORTED for a version
+  // other than 1; name() is "torch_safetensors.structure"), as Python's
+  // torch.load refuses it. false: the record is never read, only the stored
+  // tensors are returned, and any valid safetensors file loads.
+  bool aliases = true;
 };
 
 // An open, fully validated file. Copies share one handle; the handle is
@@ -166,9 +174,10 @@ struct LoadOptions {
 class ST_TORCH_API File {
  public:
   // Opens path. With the mmap backend the mapping is private and writable
-  // (copy-on-write), so returned tensors are writable.
+  // (copy-on-write), so returned tensors are writable. aliases: as
+  // LoadOptions::aliases (a bad structure record throws here).
   explicit File(const std::string &path, Backend backend = Backend::mmap,
-                bool populate = false);
+                bool populate = false, bool aliases = true);
 
   // Number of tensors (aliases from the structure record not counted).
   size_t size() const;
@@ -193,7 +202,9 @@ class ST_TORCH_API File {
   Metadata metadata() const;
   // One metadata value, or nullopt.
   std::optional<std::string> metadata(std::string_view key) const;
-  // Alias name -> stored name, from the structure record (may be empty).
+  // Path name -> stored name of every aliased tensor node of the structure
+  // record (docs/RECORD.md, "Aliases"); empty without a record or when
+  // opened with aliases = false.
   const std::map<std::string, std::string> &aliases() const;
 
   Backend backend() const;
