@@ -194,11 +194,11 @@ _PHASES: Dict[str, float] = {}
 def _patch_read_owned() -> None:
     """Times the plugin's owned-load step (`_read_owned`: allocation, views and the engine)
     by wrapping the shipped function, never replacing it."""
-    import torch_safetensors.torch as tst
+    import torch_safetensors._io as tio
 
-    if getattr(tst._read_owned, "_bench_wrapped", False):
+    if getattr(tio.read_owned, "_bench_wrapped", False):
         return
-    orig = tst._read_owned
+    orig = tio.read_owned
 
     def read_owned(f, items, pin=False):
         t0 = time.perf_counter()
@@ -207,7 +207,7 @@ def _patch_read_owned() -> None:
         return out
 
     read_owned._bench_wrapped = True  # type: ignore[attr-defined]
-    tst._read_owned = read_owned
+    tio.read_owned = read_owned
 
 
 def loader(contender: str):
@@ -224,7 +224,7 @@ def loader(contender: str):
                 fh = tst._C.File(p["st"], backend="mmap", writable=True)
                 try:
                     infos = fh.tensors()
-                    ts = tst._read_owned(fh, list(enumerate(infos)))
+                    ts = tst._io.read_owned(fh, list(enumerate(infos)))
                     return {i[0]: t for i, t in zip(infos, ts)}, nothing
                 finally:
                     fh.close()
@@ -325,7 +325,7 @@ def saver(contender: str):
             return lambda sd, p: tst.save_file(sd, p)
         if contender == "ours-direct":
             return lambda sd, p: tst.save_file(sd, p, direct=True)
-        return lambda sd, p: tst._write_tensors(sd, p, fsync=False)
+        return lambda sd, p: tst._io.write_tensors(sd, p, fsync=False)
     if contender in ("reference", "reference-fsync"):
         from safetensors.torch import save_file
 
@@ -485,7 +485,7 @@ def subset_run(contender: str, path: str, stage: int) -> dict:
                 layers = set(stage_layers(n_layers([i[0] for i in infos]), stage))
                 items = [(k, i) for k, i in enumerate(infos) if i[0].startswith("transformer.h.")
                          and int(i[0].split(".")[2]) in layers]
-                ts = tst._read_owned(f, items)
+                ts = tst._io.read_owned(f, items)
                 out = {i[0]: t for (_, i), t in zip(items, ts)}
             finally:
                 f.close()

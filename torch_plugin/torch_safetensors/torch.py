@@ -51,7 +51,9 @@ from typing import (Any, Dict, Iterable, List, Optional, Set, Tuple, Union,
 
 import torch
 
-from . import _alias, _C, _dtypes
+from . import _alias, _C, _dtypes, _io
+# read_owned is called as _io.read_owned: the benchmarks time it by wrapping
+# the module's function.
 from ._io import (
     SafetensorUnsupportedTensorError,
     check_metadata,
@@ -63,7 +65,6 @@ from ._io import (
     open_file,
     parse_device,
     pin_available,
-    read_owned,
     torch_dtype_of,
     view_all,
     view_tensor,
@@ -221,7 +222,7 @@ class safe_open:
         info = self._info(k)
         if self._backend == "mmap":
             return view_tensor(self._file, k, info)
-        return read_owned(self._file, [(k, info)],
+        return _io.read_owned(self._file, [(k, info)],
                            pin=not is_cpu(self._device) and pin_available())[0]
 
     def _place(self, t: torch.Tensor) -> torch.Tensor:
@@ -240,7 +241,7 @@ class safe_open:
         if self._backend == "mmap":
             ts = view_all(self._file, self._infos)
         else:
-            ts = read_owned(self._file, list(enumerate(self._infos)),
+            ts = _io.read_owned(self._file, list(enumerate(self._infos)),
                              pin=not cpu and pin_available())
         if not cpu:
             ts = [self._place(t) for t in ts]
@@ -582,7 +583,7 @@ def load(data: bytes) -> Dict[str, torch.Tensor]:
     f = _C.File(data)
     try:
         infos = f.tensors()
-        ts = read_owned(f, list(enumerate(infos)))
+        ts = _io.read_owned(f, list(enumerate(infos)))
         return _alias.restore({info.name: t for info, t in zip(infos, ts)},
                               metadata_of(f))
     finally:
