@@ -534,8 +534,15 @@ ST_API st_status st_writer_size(st_writer *writer, uint64_t *size,
  *  (anonymous, O_TMPFILE, while the data is written; named just before the
  *  rename), every byte written, fsync, rename over path, fsync of the
  *  directory. On failure the old file at path is untouched and no temporary
- *  file remains; temp files of writers killed mid-save are removed by the
- *  next save of the same path. flags: ST_WRITE_* (0: durable, buffered).
+ *  file remains. A writer killed mid-save can leave a named temp file
+ *  ".<name>.<tag>.<pid>.<random>.tmp" (only between naming it and the
+ *  rename); tag hashes this host's name, boot id and pid namespace. The first
+ *  save into a directory in a process scans it once (never again in that
+ *  process, so repeated saves cost no directory reads) and removes the
+ *  target's temp files that are ours (same tag) with a pid that no longer
+ *  runs, or that are over 24 hours old; a live writer's, and one from another
+ *  host or container sharing the filesystem, are never touched.
+ *  flags: ST_WRITE_* (0: durable, buffered).
  *  With ST_WRITE_DIRECT the data passes through an aligned bounce buffer and
  *  the last partial block is written buffered; a filesystem that refuses
  *  O_DIRECT (at open or at a write) gets buffered writes instead, and the

@@ -547,41 +547,169 @@ static int fsync_dir(const char *dir) {
   return e;
 }
 
-/* Writes the decorated temp name for base into tmp (capacity cap):
- * dir + "." + base + "." + pid + "." + 16 hex + ".tmp". */
+/* --- temp names and the stale temp-file sweep ------------------------------
+ * A named temp file is ".<base>.<tag>.<pid>.<16 hex>.tmp". tag (16 hex) is a
+ * hash of this machine's hostname, boot id and pid namespace: a pid means
+ * something only where all three are ours. A leftover is removed when it is
+ * ours (same tag) and its pid no longer runs, or, whoever made it, when it is
+ * older than ST_TMP_STALE_SECONDS (no save takes a day between naming its
+ * temp file and renaming it: the name is given just before the rename).
+ * Everything else (a live writer here, any writer on another host or in
+ * another container sharing the filesystem) is left alone. A process sweeps
+ * each directory at most once (ST_SWEEP_MEMO directories remembered), so
+ * repeated saves never rescan a large directory. */
+#define ST_TMP_STALE_SECONDS (24 * 60 * 60)
+#define ST_SWEEP_MEMO 64
+
+static void read_small(const char *path, char *out, size_t cap) {
+  out[0] = '\0';
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ssize_t n = read(fd, out, cap - 1);
+  close(fd);
+  out[n > 0 ? (size_t)n : 0] = '\0';
+}
+
+static uint64_t hash_str(uint64_t h, const char *s) {
+  for (; *s != '\0'; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull; /* FNV-1a */
+  return mix64(h ^ 0xff);
+}
+
+static pthread_once_t tag_once = PTHREAD_ONCE_INIT;
+static char tag_hex[17];
+
+static void make_tag(void) {
+  char buf[256];
+  uint64_t h = 0xcbf29ce484222325ull;
+  if (gethostname(buf, sizeof buf) != 0) buf[0] = '\0';
+  buf[sizeof buf - 1] = '\0';
+  h = hash_str(h, buf);
+  read_small("/proc/sys/kernel/random/boot_id", buf, sizeof buf);
+  h = hash_str(h, buf);
+  ssize_t n = readlink("/proc/self/ns/pid", buf, sizeof buf - 1);
+  buf[n > 0 ? (size_t)n : 0] = '\0';
+  h = hash_str(h, buf);
+  snprintf(tag_hex, sizeof tag_hex, "%016llx", (unsigned long long)h);
+}
+
+/* This machine's tag: 16 hex digits, NUL-terminated, static storage. */
+static const char *host_tag(void) {
+  pthread_once(&tag_once, make_tag);
+  return tag_hex;
+}
+
+void st__io_temp_tag(char out[17]) { memcpy(out, host_tag(), 17); }
+
+/* Writes the decorated temp name for base into tmp (capacity cap). */
 static void temp_name(char *tmp, size_t cap, const char *path, size_t dir_len,
                       const char *base, size_t keep) {
   memcpy(tmp, path, dir_len);
   tmp[dir_len] = '.';
   memcpy(tmp + dir_len + 1, base, keep);
-  snprintf(tmp + dir_len + 1 + keep, cap - dir_len - 1 - keep, ".%ld.%016llx.tmp",
-           (long)getpid(), (unsigned long long)st__random_u64());
+  snprintf(tmp + dir_len + 1 + keep, cap - dir_len - 1 - keep, ".%s.%ld.%016llx.tmp",
+           host_tag(), (long)getpid(), (unsigned long long)st__random_u64());
 }
 
-/* Removes temp files of this target that a writer killed before its rename
- * left behind: ".<base>.<pid>.<16 hex>.tmp" whose pid no longer runs (our
- * own pid is skipped: another thread may be saving). Best effort. */
+/* The directories this process has swept (by device and inode), and the pid
+ * that swept them: a forked child starts afresh. */
+static pthread_mutex_t memo_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  dev_t dev;
+  ino_t ino;
+} memo[ST_SWEEP_MEMO];
+static size_t memo_count, memo_next;
+static pid_t memo_pid;
+static atomic_ulong sweep_scans;
+
+unsigned long st__io_sweep_scans(void) { return atomic_load(&sweep_scans); }
+
+void st__io_sweep_forget(void) {
+  pthread_mutex_lock(&memo_lock);
+  memo_count = memo_next = 0;
+  pthread_mutex_unlock(&memo_lock);
+}
+
+/* Whether dir (open as dfd) is still to be swept by this process; marks it
+ * swept. */
+static bool first_visit(int dfd) {
+  struct stat sb;
+  if (fstat(dfd, &sb) != 0) return false;
+  bool first = true;
+  pthread_mutex_lock(&memo_lock);
+  if (memo_pid != getpid()) {
+    memo_pid = getpid();
+    memo_count = memo_next = 0;
+  }
+  for (size_t i = 0; i < memo_count && first; i++)
+    if (memo[i].dev == sb.st_dev && memo[i].ino == sb.st_ino) first = false;
+  if (first) {
+    memo[memo_next].dev = sb.st_dev;
+    memo[memo_next].ino = sb.st_ino;
+    memo_next = (memo_next + 1) % ST_SWEEP_MEMO;
+    if (memo_count < ST_SWEEP_MEMO) memo_count++;
+  }
+  pthread_mutex_unlock(&memo_lock);
+  return first;
+}
+
+/* Whether n[0..len) is all lowercase hex. */
+static bool all_hex(const char *n, size_t len) {
+  for (size_t i = 0; i < len; i++)
+    if (!((n[i] >= '0' && n[i] <= '9') || (n[i] >= 'a' && n[i] <= 'f'))) return false;
+  return true;
+}
+
+/* Whether the entry n (a temp name of this target: ".<base>." already
+ * matched, rest = what follows) may be removed. */
+static bool stale(int dfd, const char *n, const char *rest) {
+  size_t len = strlen(rest);
+  if (len < 4 || strcmp(rest + len - 4, ".tmp") != 0) return false;
+  /* <tag>.<pid>.<16 hex>.tmp, or an older release's <pid>.<16 hex>.tmp
+   * (no tag: judged by age only). */
+  bool ours = false;
+  const char *p = rest;
+  if (len > 17 && rest[16] == '.' && all_hex(rest, 16)) {
+    ours = memcmp(rest, host_tag(), 16) == 0;
+    p = rest + 17;
+  }
+  char *end = NULL;
+  errno = 0;
+  long pid = strtol(p, &end, 10);
+  if (end == p || errno != 0 || *end != '.' || pid <= 0 || strlen(end) != 1 + 16 + 4 ||
+      !all_hex(end + 1, 16))
+    return false;
+  if (ours && pid != (long)getpid() && kill((pid_t)pid, 0) != 0 && errno == ESRCH) return true;
+  struct stat sb;
+  struct timespec now;
+  if (fstatat(dfd, n, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(sb.st_mode) ||
+      clock_gettime(CLOCK_REALTIME, &now) != 0)
+    return false;
+  return now.tv_sec - sb.st_mtime > ST_TMP_STALE_SECONDS;
+}
+
+/* Removes the stale temp files of this target (see above). Best effort. */
 static void sweep_stale(const char *dir, const char *base, size_t keep) {
-  DIR *d = opendir(dir);
-  if (d == NULL) return;
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return;
+  if (!first_visit(dfd)) {
+    close(dfd);
+    return;
+  }
+  DIR *d = fdopendir(dfd);
+  if (d == NULL) {
+    close(dfd);
+    return;
+  }
+  atomic_fetch_add(&sweep_scans, 1);
   size_t dlen = strlen(dir);
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
     const char *n = e->d_name;
-    size_t len = strlen(n);
-    if (len < keep + 1 + 1 + 1 + 16 + 4 || n[0] != '.' || memcmp(n + 1, base, keep) != 0 ||
-        n[keep + 1] != '.' || strcmp(n + len - 4, ".tmp") != 0)
+    if (n[0] != '.' || strlen(n) < keep + 2 || memcmp(n + 1, base, keep) != 0 ||
+        n[keep + 1] != '.' || !stale(dfd, n, n + keep + 2))
       continue;
-    char *end = NULL;
-    long pid = strtol(n + keep + 2, &end, 10);
-    if (end == NULL || *end != '.' || pid <= 0 || (size_t)(end - n) + 1 + 16 + 4 != len) continue;
-    bool hex = true;
-    for (size_t i = 0; i < 16; i++) {
-      char c = end[1 + i];
-      if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) hex = false;
-    }
-    if (!hex || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
     char full[PATH_MAX];
+    size_t len = strlen(n);
     if (dlen + 1 + len + 1 > sizeof full) continue;
     memcpy(full, dir, dlen);
     full[dlen] = '/';

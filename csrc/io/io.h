@@ -77,6 +77,15 @@ int st__pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
 int st__pwritev_all(int fd, struct iovec *iov, int n, uint64_t off,
                     uint64_t *at);
 
+/* TEST-ONLY: this machine's temp-name tag (16 hex digits and a NUL): a hash
+ * of the hostname, the boot id and the pid namespace. */
+void st__io_temp_tag(char out[17]);
+
+/* TEST-ONLY: how many directory scans the stale temp-file sweep has made in
+ * this process; and a reset of its memory of swept directories. */
+unsigned long st__io_sweep_scans(void);
+void st__io_sweep_forget(void);
+
 /* 64 unpredictable-enough bits (seeds and temp-file names, not crypto). */
 uint64_t st__random_u64(void);
 
@@ -87,11 +96,11 @@ uint64_t st__random_u64(void);
  * opened with O_DIRECT and written through an aligned bounce buffer
  * (buffered where the filesystem refuses O_DIRECT); a file larger than that
  * buffer gets a second one and a writer thread that writes each full buffer
- * while the caller fills the other. Temp files that a killed
- * writer left (their pid no longer runs) are swept first. On failure the temp
- * file is removed and path is untouched (except
- * when only the final directory fsync fails: the new file is then in place
- * but its durability is unknown, and ST_ERR_IO is still returned). */
+ * while the caller fills the other. Stale temp files of this target are
+ * swept first, once per directory per process (commit.c says which). On
+ * failure the temp file is removed and path is untouched (except when only
+ * the final directory fsync fails: the new file is then in place but its
+ * durability is unknown, and ST_ERR_IO is still returned). */
 st_status st__commit_path(const char *path, uint64_t size, uint32_t flags,
                           const st_allocator *alloc, st__emit_fn emit,
                           void *ctx, st_error *err);

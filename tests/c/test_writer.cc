@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <string>
@@ -1084,31 +1085,100 @@ TEST_F(WriterFaults, NamedTempFileWhereNoTmpfile) {
   expect_old_intact("named temp, pwrite ENOSPC");
 }
 
-// Temp files of writers that died (their pid no longer runs) are removed by
-// the next save of the same target; anything else is left alone.
-TEST_F(WriterFaults, StaleTempFilesOfDeadWritersAreSwept) {
-  pid_t dead = 0;
-  for (pid_t p = 4194000; p > 4000000; p--) {
-    if (kill(p, 0) != 0 && errno == ESRCH) {
-      dead = p;
-      break;
-    }
-  }
+// A pid that does not run here (for a "dead writer").
+static pid_t dead_pid() {
+  for (pid_t p = 4194000; p > 4000000; p--)
+    if (kill(p, 0) != 0 && errno == ESRCH) return p;
+  return 0;
+}
+
+static std::string temp_of(const std::string &base, const std::string &tag, long pid) {
+  return "." + base + "." + tag + "." + std::to_string(pid) + ".0123456789abcdef.tmp";
+}
+
+static void age_by_days(const std::string &path, int days) {
+  struct timespec ts[2];
+  clock_gettime(CLOCK_REALTIME, &ts[0]);
+  ts[0].tv_sec -= static_cast<time_t>(days) * 24 * 3600;
+  ts[1] = ts[0];
+  ASSERT_EQ(utimensat(AT_FDCWD, path.c_str(), ts, 0), 0);
+}
+
+// The sweep removes a leftover temp file of the target only when it is ours
+// (this host, boot and pid namespace: the tag) and its pid no longer runs, or
+// when it is over a day old. A live writer's, another host's or another
+// container's (another tag), an older release's untagged one and anything
+// not of this target survive.
+TEST_F(WriterFaults, SweepRemovesOnlyOurDeadWritersAndDayOldTempFiles) {
+  st__io_sweep_forget();
+  pid_t dead = dead_pid();
   ASSERT_NE(dead, 0);
-  const std::string stale = ".target.safetensors." + std::to_string(dead) + ".0123456789abcdef.tmp";
-  const std::string mine =
-      ".target.safetensors." + std::to_string(getpid()) + ".0123456789abcdef.tmp";
-  const std::string other = ".target.safetensors.notes";
-  const std::string other_target = ".other.safetensors." + std::to_string(dead) + ".0123456789abcdef.tmp";
-  for (const std::string &n : {stale, mine, other, other_target})
+  char tag[17];
+  st__io_temp_tag(tag);
+  const std::string foreign = std::string(tag)[0] == 'f' ? "0123456789abcdef" : "f123456789abcdef";
+  const std::string base = "target.safetensors";
+  const std::string ours_dead = temp_of(base, tag, dead);
+  const std::string ours_live = temp_of(base, tag, getppid());
+  const std::string ours_self = temp_of(base, tag, getpid());
+  const std::string other_host = temp_of(base, foreign, dead);
+  const std::string other_host_old = temp_of(base, foreign, 1234567);
+  const std::string legacy = "." + base + "." + std::to_string(dead) + ".0123456789abcdef.tmp";
+  const std::string legacy_old = "." + base + ".7654321.0123456789abcdef.tmp";
+  const std::string other_target = temp_of("other.safetensors", tag, dead);
+  const std::string unrelated = "." + base + ".notes";
+  for (const std::string &n : {ours_dead, ours_live, ours_self, other_host, other_host_old, legacy,
+                               legacy_old, other_target, unrelated})
     ASSERT_TRUE(sttest::write_bytes(dir + "/" + n, "x"));
+  age_by_days(dir + "/" + other_host_old, 2);
+  age_by_days(dir + "/" + legacy_old, 2);
+  age_by_days(dir + "/" + unrelated, 2);
   Built b = build({{"a", ST_F32, {4}}});
   ASSERT_EQ(st_writer_write_path(b.w.get(), path.c_str(), 0, nullptr), ST_OK);
-  std::vector<std::string> want = {mine, other_target, other, "target.safetensors"};
+  std::vector<std::string> want = {ours_live, ours_self,    other_host,          legacy,
+                                   other_target, unrelated, "target.safetensors"};
   std::sort(want.begin(), want.end());
   std::vector<std::string> got = list_dir(dir);
   std::sort(got.begin(), got.end());
   EXPECT_EQ(got, want);
+}
+
+// A process sweeps a directory once: later saves there (of any target) do
+// not read it again, so a large directory costs one scan, not one per save.
+TEST_F(WriterFaults, SweepScansADirectoryOncePerProcess) {
+  st__io_sweep_forget();
+  pid_t dead = dead_pid();
+  ASSERT_NE(dead, 0);
+  char tag[17];
+  st__io_temp_tag(tag);
+  for (int i = 0; i < 2000; i++)
+    ASSERT_TRUE(sttest::write_bytes(dir + "/filler" + std::to_string(i), ""));
+  Built b = build({{"a", ST_F32, {4}}});
+  unsigned long before = st__io_sweep_scans();
+  ASSERT_EQ(st_writer_write_path(b.w.get(), path.c_str(), ST_WRITE_NO_FSYNC, nullptr), ST_OK);
+  EXPECT_EQ(st__io_sweep_scans(), before + 1);
+  // Left after the sweep: the next saves do not look for it.
+  const std::string late = temp_of("target.safetensors", tag, dead);
+  ASSERT_TRUE(sttest::write_bytes(dir + "/" + late, "x"));
+  for (int i = 0; i < 5; i++) {
+    ASSERT_EQ(st_writer_write_path(b.w.get(), path.c_str(), ST_WRITE_NO_FSYNC, nullptr), ST_OK);
+    ASSERT_EQ(st_writer_write_path(b.w.get(), (dir + "/second.safetensors").c_str(),
+                                   ST_WRITE_NO_FSYNC, nullptr),
+              ST_OK);
+  }
+  EXPECT_EQ(st__io_sweep_scans(), before + 1);
+  EXPECT_TRUE(sttest::read_bytes(dir + "/" + late) == "x");
+  // Another directory is swept on its first save.
+  std::string dir2 = sttest::fresh_dir("sweep2");
+  ASSERT_FALSE(dir2.empty());
+  ASSERT_EQ(st_writer_write_path(b.w.get(), (dir2 + "/t.safetensors").c_str(), ST_WRITE_NO_FSYNC,
+                                 nullptr),
+            ST_OK);
+  EXPECT_EQ(st__io_sweep_scans(), before + 2);
+  // A process that has not swept it yet (here: after forgetting) does.
+  st__io_sweep_forget();
+  ASSERT_EQ(st_writer_write_path(b.w.get(), path.c_str(), ST_WRITE_NO_FSYNC, nullptr), ST_OK);
+  EXPECT_EQ(st__io_sweep_scans(), before + 3);
+  EXPECT_EQ(sttest::read_bytes(dir + "/" + late), "");
 }
 
 TEST_F(WriterFaults, ShortWritesAndEintrSucceed) {
