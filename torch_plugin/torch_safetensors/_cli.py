@@ -239,8 +239,8 @@ def inspect_file(path: str) -> dict:
     from ._hook import STRUCTURE_KEY
 
     with _C.File(path) as f:
-        tensors = [{"name": n, "dtype": d, "shape": list(s), "data_offsets": [b, e]}
-                   for (n, d, s, b, e) in f.tensors()]
+        tensors = [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape),
+                    "data_offsets": [i.begin, i.end]} for i in f.tensors()]
         metadata = f.metadata() or {}
     info: dict[str, Any] = {
         "file": path,

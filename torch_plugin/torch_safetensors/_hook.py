@@ -102,29 +102,9 @@ def _value_error(msg: str) -> Exception:
 # saving
 # --------------------------------------------------------------------------------------------
 
-def _to_host(t):
-    """Copy a device tensor to the host, through pinned memory where the device allows it."""
-    import torch
-
-    if t.device.type == "cpu":
-        return t
-    pin = t.device.type == "cuda" and torch.cuda.is_available()
-    if pin:
-        try:
-            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        except RuntimeError:
-            pin = False
-    if not pin:
-        return t.to("cpu")
-    host.copy_(t, non_blocking=True)
-    return host
-
-
 def save_safetensors(obj: Any, f: Any, metadata: dict[str, str] | None = None,
                      strict: bool = False, policy: str = "tie") -> None:
     """Write ``obj`` to ``f`` as safetensors with a structure record (see the module docs)."""
-    import torch
-
     from . import _record
 
     if metadata is not None:
@@ -142,12 +122,9 @@ def save_safetensors(obj: Any, f: Any, metadata: dict[str, str] | None = None,
     if metadata:
         md.update(metadata)
     md[STRUCTURE_KEY] = record
-    host = {n: _to_host(t) for n, t in tensors.items()}
-    if any(t.device.type == "cuda" for t in tensors.values()):
-        torch.cuda.synchronize()
     from ._io import write_tensors
 
-    write_tensors(host, f, md)
+    write_tensors(tensors, f, md)  # device tensors come over pinned memory
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,7 +314,7 @@ def _make_save(prev):
             return prev(obj, f, *args, **kwargs)
         if format is None or format == "pickle":
             if metadata is not None or strict or policy != "tie":
-                raise TypeError("metadata=, strict= and policy= need format='safetensors'")
+                raise TypeError("metadata= and strict= need format='safetensors' (so does policy=)")
             return prev(obj, f, *args, **kwargs)
         if format != "safetensors":
             raise _value_error(f"unknown format {format!r}: use 'safetensors' or 'pickle'")

@@ -286,11 +286,19 @@ def host_tensors(tensors: Dict[str, torch.Tensor],
         if v.device.type != "cpu":
             if pin is None:
                 pin = pin_available()
-            host = torch.empty(v.shape, dtype=v.dtype, pin_memory=pin)
-            host.copy_(v, non_blocking=pin)
-            sync = sync or pin
-            v = host
-        elif contiguous and not v.is_contiguous():
+            host = None
+            if pin:
+                try:
+                    host = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+                except RuntimeError:  # no pinned memory for this device
+                    host = None
+            if host is None:
+                v = v.to("cpu")
+            else:
+                host.copy_(v, non_blocking=True)
+                sync = True
+                v = host
+        if contiguous and not v.is_contiguous():
             v = v.contiguous()
         out[k] = v
     if sync:
