@@ -210,4 +210,40 @@ std::map<std::string, std::string> record_aliases(std::string_view json, const s
   return std::move(w.aliases);
 }
 
+namespace {
+
+void put_string(std::string &out, const std::string &s) {
+  static const char hex[] = "0123456789abcdef";
+  out += '"';
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (u < 0x20) {
+      out += "\\u00";
+      out += hex[u >> 4];
+      out += hex[u & 0xF];
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+}
+
+}  // namespace
+
+std::string flat_record(const std::vector<std::pair<std::string, std::string>> &items) {
+  std::string out = "{\"version\":" + std::to_string(kRecordVersion) +
+                    ",\"root\":{\"t\":\"dict\",\"items\":[";
+  for (size_t i = 0; i < items.size(); ++i) {
+    out += i ? ",[" : "[";
+    put_string(out, items[i].first);
+    out += ",{\"t\":\"tensor\",\"name\":";
+    put_string(out, items[i].second);
+    out += "}]";
+  }
+  return out + "]}}";
+}
+
 }  // namespace safetensors::detail

@@ -8,6 +8,8 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace safetensors::detail {
 
@@ -29,6 +31,11 @@ struct RecordError {
 // returns path name -> stored name for every aliased tensor node. Throws
 // RecordError.
 std::map<std::string, std::string> record_aliases(std::string_view json, const st_file *file);
+
+// The record (compact JSON, version first) of a flat map: a "dict" root whose
+// items are, in order, (key, tensor node naming the stored tensor). Keys and
+// names are UTF-8; quotes, backslashes and control characters are escaped.
+std::string flat_record(const std::vector<std::pair<std::string, std::string>> &items);
 
 }  // namespace safetensors::detail
 

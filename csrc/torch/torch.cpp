@@ -8,6 +8,7 @@
 #define ST_EXPERIMENTAL_API
 #include <safetensors/torch.hpp>
 
+#include "alias.hpp"
 #include "record.hpp"
 
 #include <ATen/core/Tensor.h>
@@ -439,24 +440,46 @@ struct WriterDeleter {
   void operator()(st_writer *w) const { st_writer_free(w); }
 };
 
-// Adds every tensor to a new writer; keeps the host copies it needs alive
-// in keep until the write ends.
+void add_metadata(st_writer *w, const std::string &key, const std::string &value) {
+  check({}, [&](st_error *e) {
+    return st_writer_add_metadata(w, key.data(), key.size(), value.data(), value.size(), e);
+  });
+}
+
+// Adds every tensor to a new writer, as the aliasing policy says; keeps the
+// host copies it needs alive in keep until the write ends.
 std::unique_ptr<st_writer, WriterDeleter> make_writer(const TensorDict &tensors,
                                                       const Metadata &metadata,
+                                                      const SaveOptions &options,
                                                       std::vector<at::Tensor> &keep) {
   st_writer *raw = nullptr;
   check({}, [&](st_error *e) { return st_writer_new(nullptr, &raw, e); });
   std::unique_ptr<st_writer, WriterDeleter> w(raw);
-  for (const auto &m : metadata) {
-    check({}, [&](st_error *e) {
-      return st_writer_add_metadata(w.get(), m.first.data(), m.first.size(),
-                                    m.second.data(), m.second.size(), e);
-    });
+  for (const auto &m : metadata) add_metadata(w.get(), m.first, m.second);
+
+  // Tied names are stored once and recorded as aliases of the kept name.
+  std::vector<size_t> owner = detail::resolve_aliasing(tensors, options.aliasing);
+  std::vector<std::pair<std::string, std::string>> nodes;
+  bool tied = false;
+  for (size_t i = 0; i < owner.size(); ++i) {
+    nodes.emplace_back((tensors.begin() + static_cast<ptrdiff_t>(i))->first,
+                       (tensors.begin() + static_cast<ptrdiff_t>(owner[i]))->first);
+    tied |= owner[i] != i;
   }
+  if (tied) {
+    std::string key(detail::kStructureKey);
+    if (metadata.count(key))
+      throw Error(ST_ERR_INVALID_ARGUMENT,
+                  "the metadata already holds a structure record, and tied tensors need one",
+                  ST_NO_OFFSET, key);
+    add_metadata(w.get(), key, detail::flat_record(nodes));
+  }
+
   keep.reserve(tensors.size());
-  for (const auto &item : tensors) {
-    const std::string &name = item.first;
-    const at::Tensor &tensor = item.second;
+  for (size_t i = 0; i < owner.size(); ++i) {
+    if (owner[i] != i) continue;
+    const std::string &name = nodes[i].first;
+    const at::Tensor &tensor = (tensors.begin() + static_cast<ptrdiff_t>(i))->second;
     if (!tensor.defined())
       throw Error(ST_ERR_INVALID_ARGUMENT, "undefined tensor", ST_NO_OFFSET, name);
     if (tensor.layout() != c10::kStrided)
@@ -493,16 +516,17 @@ std::unique_ptr<st_writer, WriterDeleter> make_writer(const TensorDict &tensors,
 void save(const std::string &path, const TensorDict &tensors, const Metadata &metadata,
           const SaveOptions &options) {
   std::vector<at::Tensor> keep;
-  auto w = make_writer(tensors, metadata, keep);
+  auto w = make_writer(tensors, metadata, options, keep);
   check(path, [&](st_error *e) {
     return st_writer_write_path(w.get(), path.c_str(), options.durable ? 0u : ST_WRITE_NO_FSYNC,
                                 e);
   });
 }
 
-std::vector<uint8_t> save_to_bytes(const TensorDict &tensors, const Metadata &metadata) {
+std::vector<uint8_t> save_to_bytes(const TensorDict &tensors, const Metadata &metadata,
+                                   const SaveOptions &options) {
   std::vector<at::Tensor> keep;
-  auto w = make_writer(tensors, metadata, keep);
+  auto w = make_writer(tensors, metadata, options, keep);
   uint64_t size = 0;
   check({}, [&](st_error *e) { return st_writer_size(w.get(), &size, e); });
   if (size > SIZE_MAX) throw Error(ST_ERR_NOMEM, "file too large for memory");

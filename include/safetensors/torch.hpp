@@ -265,15 +265,37 @@ ST_TORCH_API TensorDict state_dict(const torch::nn::Module &module);
 // Writing
 // ==========================================================================
 
+// What a save does with tensors that share memory (docs/RECORD.md, "Shared
+// memory"; the same three policies as the Python package). Two tensors alias
+// exactly when they have the same device, storage, storage offset, shape,
+// strides and dtype; they overlap when their bytes in one storage intersect.
+enum class Aliasing {
+  // Any overlap throws Error(ST_ERR_INVALID_ARGUMENT) naming a tensor.
+  error,
+  // Exact aliases (tied weights) are stored once, under the first name in
+  // order; the other names are recorded in the structure record
+  // ("torch_safetensors.structure"), so safetensors::load and Python's
+  // torch.load give them back sharing one storage. Other overlaps are stored
+  // as separate copies. Without exact aliases the file has no record and is
+  // byte-identical to the reference writer's.
+  tie,
+  // Every name is stored as its own copy.
+  copy,
+};
+
 struct SaveOptions {
   // fsync the file and its directory (atomic rename happens either way).
   bool durable = true;
+  Aliasing aliasing = Aliasing::tie;
 };
 
 // Writes tensors (any device, any strides; copied to contiguous CPU memory
-// when needed) with metadata. Byte-identical to the reference writer.
-// Throws Error with the C writer's status (ST_ERR_UNSUPPORTED for a dtype
-// with no format counterpart, a sparse tensor, or a 0-dim F4 tensor).
+// when needed) with metadata. Byte-identical to the reference writer when no
+// tensors are tied (see Aliasing). Throws Error with the C writer's status
+// (ST_ERR_UNSUPPORTED for a dtype with no format counterpart, a sparse
+// tensor, or a 0-dim F4 tensor); ST_ERR_INVALID_ARGUMENT for shared memory
+// under Aliasing::error, or tied tensors when metadata already holds a
+// "torch_safetensors.structure" entry.
 ST_TORCH_API void save(const std::string &path, const TensorDict &tensors,
           const Metadata &metadata = {}, const SaveOptions &options = {});
 
@@ -281,9 +303,10 @@ ST_TORCH_API void save(const std::string &path, const TensorDict &tensors,
 ST_TORCH_API void save(const std::string &path, const torch::nn::Module &module,
           const Metadata &metadata = {}, const SaveOptions &options = {});
 
-// Serializes to bytes in memory instead of a file.
+// Serializes to bytes in memory instead of a file (options.durable unused).
 ST_TORCH_API std::vector<uint8_t> save_to_bytes(const TensorDict &tensors,
-                                   const Metadata &metadata = {});
+                                   const Metadata &metadata = {},
+                                   const SaveOptions &options = {});
 
 // ==========================================================================
 // Dtypes

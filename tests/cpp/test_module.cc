@@ -9,6 +9,9 @@
 #include <torch/nn/modules/normalization.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <map>
+
 #include "cpp_testutil.h"
 
 namespace st = safetensors;
@@ -25,6 +28,23 @@ struct NetImpl : torch::nn::Module {
   torch::nn::LayerNorm norm{nullptr};
 };
 TORCH_MODULE(Net);
+
+// Tied weights: one tensor registered under two modules, as a language model
+// ties its embedding and output head.
+struct SubImpl : torch::nn::Module {
+  explicit SubImpl(const at::Tensor &w) { register_parameter("weight", w); }
+};
+TORCH_MODULE(Sub);
+
+struct TiedImpl : torch::nn::Module {
+  TiedImpl() {
+    at::Tensor w = at::arange(12, at::TensorOptions().dtype(at::kFloat)).reshape({4, 3});
+    register_module("embed", Sub(w));
+    register_module("lm_head", Sub(w));
+    register_parameter("bias", at::ones({4}));
+  }
+};
+TORCH_MODULE(Tied);
 
 std::vector<std::string> sorted(std::vector<std::string> v) {
   std::sort(v.begin(), v.end());
@@ -150,5 +170,95 @@ TEST(Module, AliasesFillTiedParameters) {
   EXPECT_TRUE(st::load_into(*m, path).ok());
   EXPECT_TRUE(at::equal(m->norm->weight, ref->fc->bias));
   EXPECT_TRUE(at::equal(m->norm->bias, ref->norm->bias));
+  unlink(path.c_str());
+}
+
+TEST(Module, TiedWeightsAreStoredOnceAndLoadShared) {
+  Tied tied;
+  std::string path = sttest::temp_path("tied_save");
+  st::save(path, *tied, {}, {false});  // Aliasing::tie by default
+
+  st::File file(path);
+  EXPECT_EQ(sorted(file.names()), (std::vector<std::string>{"bias", "embed.weight"}));
+  EXPECT_EQ(file.aliases(),
+            (std::map<std::string, std::string>{{"lm_head.weight", "embed.weight"}}));
+  uint64_t data = 0;
+  for (size_t i = 0; i < st_tensor_count(file.c_handle()); ++i) {
+    st_tensor_info info;
+    ASSERT_EQ(st_tensor_get(file.c_handle(), i, &info), ST_OK);
+    data += info.data_end - info.data_begin;
+  }
+  EXPECT_EQ(data, (12u + 4u) * 4u);  // the tied weight once
+
+  for (auto backend : {st::Backend::mmap, st::Backend::pread}) {
+    st::LoadOptions opts;
+    opts.backend = backend;
+    auto all = st::load(path, opts);
+    EXPECT_EQ(all.size(), 3u);
+    EXPECT_TRUE(all.at("lm_head.weight").is_alias_of(all.at("embed.weight")));
+    EXPECT_TRUE(at::equal(all.at("lm_head.weight"), tied->named_parameters()["embed.weight"]));
+  }
+  Tied other;
+  other->named_parameters()["bias"].data().zero_();
+  EXPECT_TRUE(st::load_into(*other, path).ok());
+  EXPECT_TRUE(at::equal(other->named_parameters()["bias"], at::ones({4})));
+
+  // Python's torch.load of the same file gives the two names one storage.
+  const char *python = std::getenv("ST_TORCH_PYTHON");
+  ASSERT_TRUE(python && *python) << "ST_TORCH_PYTHON is not set";
+  std::string script =
+      "import sys, torch, torch_safetensors\n"
+      "sd = torch.load(sys.argv[1])\n"
+      "assert sorted(sd) == ['bias', 'embed.weight', 'lm_head.weight'], sorted(sd)\n"
+      "a, b = sd['embed.weight'], sd['lm_head.weight']\n"
+      "assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr(), 'not shared'\n"
+      "assert torch.equal(b, torch.arange(12.0).reshape(4, 3))\n";
+  std::string script_path = sttest::temp_path("tied_check") + ".py";
+  sttest::write_file(script_path, std::vector<uint8_t>(script.begin(), script.end()));
+  std::string cmd = std::string(python) + " " + script_path + " " + path;
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  unlink(script_path.c_str());
+  unlink(path.c_str());
+}
+
+TEST(Module, AliasingPolicies) {
+  Tied tied;
+  std::string path = sttest::temp_path("policy");
+  st::SaveOptions copy{false, st::Aliasing::copy};
+  st::save(path, *tied, {}, copy);
+  st::File copied(path);
+  EXPECT_EQ(copied.size(), 3u);
+  EXPECT_TRUE(copied.aliases().empty());
+  EXPECT_FALSE(copied.metadata("torch_safetensors.structure").has_value());
+  auto all = copied.tensors();
+  EXPECT_FALSE(all.at("lm_head.weight").is_alias_of(all.at("embed.weight")));
+
+  st::SaveOptions error{false, st::Aliasing::error};
+  try {
+    st::save(path, *tied, {}, error);
+    FAIL() << "shared memory saved under Aliasing::error";
+  } catch (const st::Error &e) {
+    EXPECT_EQ(e.status(), ST_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(e.name(), "embed.weight");
+  }
+
+  // Overlapping views that are not the same view: copies under tie, refused
+  // under error.
+  at::Tensor base = at::arange(6, at::TensorOptions().dtype(at::kFloat));
+  st::TensorDict views{{"all", base}, {"head", base.slice(0, 0, 2)}};
+  st::save(path, views, {}, {false});
+  st::File overlap(path);
+  EXPECT_EQ(overlap.size(), 2u);
+  EXPECT_TRUE(overlap.aliases().empty());
+  EXPECT_TRUE(at::equal(overlap.tensor("head"), base.slice(0, 0, 2)));
+  EXPECT_THROW(st::save(path, views, {}, error), st::Error);
+
+  // Tied tensors need the record: a caller's own is refused, not overwritten.
+  try {
+    st::save(path, {{"a", base}, {"b", base}}, {{"torch_safetensors.structure", "{}"}}, {false});
+    FAIL() << "the caller's record was overwritten";
+  } catch (const st::Error &e) {
+    EXPECT_EQ(e.status(), ST_ERR_INVALID_ARGUMENT);
+  }
   unlink(path.c_str());
 }
