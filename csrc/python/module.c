@@ -1085,12 +1085,13 @@ static PyObject *File_get_name(FileObject *self, void *Py_UNUSED(c)) {
 
 static PyMethodDef File_methods[] = {
     {"tensors", (PyCFunction)File_tensors, METH_NOARGS,
-     "tensors() -> [(name, dtype, shape, begin, end)] in file order."},
+     "tensors() -> [TensorInfo] in file order."},
     {"names", (PyCFunction)(void (*)(void))File_names,
      METH_VARARGS | METH_KEYWORDS,
      "names(sorted=True) -> [str]: in name order, or in file order."},
     {"info", (PyCFunction)File_info, METH_O,
-     "info(index_or_name) -> (name, dtype, shape, begin, end)."},
+     "info(index_or_name) -> TensorInfo (name, dtype, shape, begin, end;\n"
+     "torch_dtype, torch_shape, flags)."},
     {"index", (PyCFunction)File_index, METH_O,
      "index(name) -> file-order index; KeyError when absent."},
     {"metadata", (PyCFunction)File_metadata, METH_NOARGS,
