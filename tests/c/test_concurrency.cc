@@ -1,15 +1,20 @@
 // Concurrency: one handle read from many threads at once (every backend),
 // many handles opened and closed at once, saves running while other threads
-// load the same path, and engine plans executed concurrently. Run under
+// load the same path, writers writing at the same time, and engine plans
+// executed concurrently. Run under
 // ThreadSanitizer by `make test-tsan`; every thread checks the bytes it got.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -249,26 +254,112 @@ TEST(Concurrency, SavesWhileLoadsRun) {
   EXPECT_EQ(rmdir(dir.c_str()), 0) << "a temporary file was left behind";
 }
 
-// Writers are independent objects: many at once, each to memory.
+// A meeting point inside the writes: every writer's producer, on its first
+// call, waits there until all kThreads writers are inside a write, so the
+// writes provably overlap (a wait that times out fails the test instead of
+// hanging it).
+struct Rendezvous {
+  std::mutex mu;
+  std::condition_variable cv;
+  int inside = 0;
+  int most = 0;
+  bool timed_out = false;
+};
+
+struct Producer {
+  Rendezvous *meet = nullptr;  // nullptr: produce without waiting
+  const std::string *bytes = nullptr;
+  bool waited = false;
+};
+
+int produce(void *ctx, uint64_t off, void *dst, size_t len) {
+  Producer *p = static_cast<Producer *>(ctx);
+  if (p->meet != nullptr && !p->waited) {
+    p->waited = true;
+    Rendezvous &r = *p->meet;
+    std::unique_lock<std::mutex> lock(r.mu);
+    r.inside++;
+    if (r.inside > r.most) r.most = r.inside;
+    r.cv.notify_all();
+    if (!r.cv.wait_for(lock, std::chrono::seconds(60), [&] { return r.inside >= kThreads; }))
+      r.timed_out = true;
+  }
+  std::memcpy(dst, p->bytes->data() + off, len);
+  return 0;
+}
+
+// Writers are independent objects: kThreads of them write at the same time,
+// all inside their writes at once (the rendezvous above), to memory, to a
+// path and to a descriptor, and every file comes out byte for byte as the
+// same writer writes it alone.
 TEST(Concurrency, ManyWritersAtOnce) {
+  const std::string dir = sttest::fresh_dir("writers");
+  ASSERT_FALSE(dir.empty());
+  Rendezvous meet[3];
   std::atomic<int> bad{0};
   std::vector<std::thread> ts;
   for (int t = 0; t < kThreads; t++) {
     ts.emplace_back([&, t] {
-      for (int it = 0; it < 5; it++) {
-        Model m = make_model(6, static_cast<unsigned>(1000 + t * 10 + it));
+      Model m = make_model(6, static_cast<unsigned>(1000 + t));
+      std::string produced(4096 + static_cast<size_t>(t), '\0');
+      for (size_t i = 0; i < produced.size(); i++) produced[i] = static_cast<char>(i * 7 + static_cast<size_t>(t));
+      st_writer *w = nullptr;
+      if (st_writer_new(nullptr, &w, nullptr) != ST_OK) {
+        bad++;
+        return;
+      }
+      for (size_t i = 0; i < m.names.size(); i++) {
         st_file *f = nullptr;
-        if (st_open_memory(m.bytes.data(), m.bytes.size(), nullptr, &f, nullptr) != ST_OK) {
+        st_tensor_info ti;
+        size_t idx;
+        if (st_open_memory(m.bytes.data(), m.bytes.size(), nullptr, &f, nullptr) != ST_OK ||
+            st_tensor_find(f, m.names[i].data(), m.names[i].size(), &idx) != ST_OK ||
+            st_tensor_get(f, idx, &ti) != ST_OK ||
+            st_writer_add_tensor(w, ti.name, ti.name_len, ti.dtype, ti.shape, ti.rank,
+                                 m.data[i].data(), m.data[i].size(), nullptr) != ST_OK)
           bad++;
-          continue;
-        }
-        bad += read_everything(f, m, static_cast<unsigned>(it));
         st_close(f);
       }
+      Producer prod;
+      prod.bytes = &produced;
+      uint64_t shape[1] = {produced.size()};
+      if (st_writer_add_tensor_cb(w, "cb", 2, ST_U8, shape, 1, produce, &prod, nullptr) != ST_OK)
+        bad++;
+      // Alone (no rendezvous): the bytes every concurrent write must equal.
+      uint64_t size = 0;
+      if (st_writer_size(w, &size, nullptr) != ST_OK) bad++;
+      std::string want(static_cast<size_t>(size), '\0');
+      if (st_writer_write_memory(w, &want[0], want.size(), nullptr, nullptr) != ST_OK) bad++;
+
+      const std::string path = dir + "/w" + std::to_string(t) + ".safetensors";
+      for (int round = 0; round < 3; round++) {
+        prod.meet = &meet[round];
+        prod.waited = false;
+        std::string got;
+        if (round == 0) {
+          got.assign(want.size(), '\0');
+          if (st_writer_write_memory(w, &got[0], got.size(), nullptr, nullptr) != ST_OK) bad++;
+        } else if (round == 1) {
+          if (st_writer_write_path(w, path.c_str(), ST_WRITE_NO_FSYNC, nullptr) != ST_OK) bad++;
+          got = sttest::read_bytes(path);
+        } else {
+          const std::string fd_path = path + ".fd";
+          int fd = open(fd_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+          if (fd < 0 || st_writer_write_fd(w, fd, nullptr) != ST_OK) bad++;
+          if (fd >= 0) close(fd);
+          got = sttest::read_bytes(fd_path);
+        }
+        if (got != want) bad++;
+      }
+      st_writer_free(w);
     });
   }
   for (auto &t : ts) t.join();
   EXPECT_EQ(bad.load(), 0);
+  for (Rendezvous &r : meet) {
+    EXPECT_FALSE(r.timed_out);
+    EXPECT_EQ(r.most, kThreads);  // every writer was inside its write at once
+  }
 }
 
 // ---- engine plans from many threads ------------------------------------------------
