@@ -11,6 +11,9 @@
 #                      (fails, never skips, when gcc -m32 cannot link)
 #   make check-layers  the dependency rule: csrc/core and csrc/common include no
 #                      I/O or system header and their objects call no system call
+#   make check-golden  tests/c/golden.h (the writer tests' expected bytes) is what the
+#                      reference package writes today (scripts/regen_golden.py --check;
+#                      scripts/regen_golden.py rewrites it)
 #   make test-robust-python   only the Python robustness tests (test-python
 #                      runs them too); ST_ROBUST_LONG=1 for the long runs
 #
@@ -33,7 +36,7 @@ FUZZ_SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 M32_BUILD ?= build-m32
 
 .PHONY: fuzz-build fuzz-replay fuzz-smoke fuzz tsan-build test-tsan test-robust-python test-m32 \
-        check-layers
+        check-layers check-golden
 
 $(FUZZ_BUILD)/build.ninja: CMakeLists.txt tests/fuzz/CMakeLists.txt
 	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -111,4 +114,7 @@ test-m32: deps
 check-layers: build
 	scripts/check-layers.sh $(BUILD)
 
-EXTRA_TESTS += fuzz-smoke test-tsan test-m32 check-layers
+check-golden: venv
+	$(VPY) scripts/regen_golden.py --check
+
+EXTRA_TESTS += fuzz-smoke test-tsan test-m32 check-layers check-golden
