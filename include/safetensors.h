@@ -514,7 +514,9 @@ ST_API st_status st_writer_add_tensor_cb(st_writer *writer, const char *name,
 ST_API st_status st_writer_size(st_writer *writer, uint64_t *size,
                                 st_error *err);
 
-/* Flags for st_writer_write_path. */
+/* Flags for st_writer_write_path; any other bit is refused. Both are stable:
+ * the bytes written are the same with or without them (what ST_WRITE_DIRECT
+ * says about buffers and threads is how this version does it). */
 #define ST_WRITE_NO_FSYNC 0x1u  /* skip fsync of file and directory (tests,
                                    scratch files); rename stays atomic */
 #define ST_WRITE_DIRECT 0x2u    /* write the temporary file with O_DIRECT
@@ -634,9 +636,11 @@ ST_API uint64_t st_plan_bytes(const st_plan *plan);
 typedef struct st_exec_options {
   size_t struct_size;   /* sizeof(st_exec_options), set by _init; any other
                            value is refused */
-  uint32_t threads;     /* 0: the number of online CPUs */
+  uint32_t threads;     /* 0: the number of online CPUs; at most 256 are
+                           used */
   uint32_t flags;       /* ST_EXEC_* */
-  uint64_t chunk_size;  /* bytes per work item; 0: 8 MiB */
+  uint64_t chunk_size;  /* bytes per work item; 0: 8 MiB; less than 64 KiB
+                           counts as 64 KiB */
   uint64_t reserved[8]; /* zero (else refused) */
 } st_exec_options;
 
