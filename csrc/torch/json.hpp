@@ -7,6 +7,7 @@
 #include "common/json.h"
 
 #include <cstdint>
+#include <new>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,9 +19,11 @@ class Json {
   static constexpr size_t npos = SIZE_MAX;
 
   // Parses text (borrowed: it must outlive this object); ok() tells whether
-  // it is strict JSON nesting at most max_depth levels.
+  // it is strict JSON nesting at most max_depth levels. Out of memory throws
+  // std::bad_alloc.
   Json(std::string_view text, uint32_t max_depth, uint32_t flags = 0) {
     st__json_parse(text.data(), text.size(), max_depth, flags, nullptr, &doc_, &err_);
+    if (err_.code == ST__JSON_NOMEM) throw std::bad_alloc();
   }
   ~Json() { st__json_free(&doc_); }
   Json(const Json &) = delete;
@@ -97,7 +100,8 @@ class Json {
     for (size_t k = 0; k < count(); ++k) {
       if (!is_object(k)) continue;
       size_t dup = npos;
-      if (st__json_find_duplicate(&doc_, k, &dup) != ST__JSON_OK || dup != npos) return true;
+      if (st__json_find_duplicate(&doc_, k, &dup) != ST__JSON_OK) throw std::bad_alloc();
+      if (dup != npos) return true;
     }
     return false;
   }

@@ -31,8 +31,9 @@
 //   - Names. torch.save(state_dict, f, format="safetensors") stores tensors
 //     flat under their state_dict names, so C++ sees the Python names. A
 //     tied weight that Python stored once (an alias in the
-//     "torch_safetensors.structure" metadata record) is returned under every
-//     one of its names, sharing one storage.
+//     "torch_safetensors.structure" metadata record, docs/RECORD.md) is
+//     returned under every one of its names, sharing one storage; save()
+//     stores tied weights once the same way (SaveOptions::aliasing).
 //   - Threads. A File may be read from many threads at once.
 #ifndef SAFETENSORS_TORCH_HPP
 #define SAFETENSORS_TORCH_HPP
