@@ -59,6 +59,12 @@ struct st_file {
   void (*populate)(void *p, size_t bytes);
 };
 
+/* Framing: N from the first 8 bytes of a file of file_size bytes (first8
+ * may be NULL when file_size < 8), checked against the header limit and the
+ * size. */
+st_status st__framing(const unsigned char *first8, uint64_t file_size,
+                      const st_open_options *opts, uint64_t *n_out, st_error *err);
+
 /* Parses and validates header (n bytes, file bytes 8..8+n) against a file of
  * file_size bytes, filling the table fields of f (alloc must be set). On
  * failure everything it allocated is freed again. */

@@ -440,6 +440,26 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
   return ST_OK;
 }
 
+/* Framing: N from the first 8 bytes, checked against the limit and size. */
+st_status st__framing(const unsigned char *first8, uint64_t file_size,
+                         const st_open_options *o, uint64_t *n_out, st_error *err) {
+  if (file_size < HDR)
+    return st__fail(err, ST_ERR_HEADER_TOO_SMALL, "file shorter than 8 bytes", 0, NULL, 0, 0);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; i--) n = (n << 8) | first8[i];
+  if (n > o->max_header_size)
+    return st__fail(err, ST_ERR_HEADER_TOO_LARGE, "header length over the limit", 0, NULL, 0, 0);
+  uint64_t stop;
+  if (st__add_overflow_u64(n, HDR, &stop) || stop > file_size)
+    return st__fail(err, ST_ERR_INVALID_HEADER_LENGTH, "header length points past the end of the file",
+                    0, NULL, 0, 0);
+  size_t ns;
+  if (!st__u64_to_size(n, &ns))
+    return st__fail(err, ST_ERR_HEADER_TOO_LARGE, "header length does not fit in memory", 0, NULL, 0, 0);
+  *n_out = n;
+  return ST_OK;
+}
+
 static st_status json_status(const st__json_error *je) {
   switch (je->code) {
     case ST__JSON_UTF8: return ST_ERR_INVALID_HEADER;

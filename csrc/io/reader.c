@@ -54,26 +54,6 @@ static st_status take_options(const st_open_options *in, st_open_options *o, st_
   return ST_OK;
 }
 
-/* Framing: N from the first 8 bytes, checked against the limit and size. */
-static st_status framing(const unsigned char *first8, uint64_t file_size,
-                         const st_open_options *o, uint64_t *n_out, st_error *err) {
-  if (file_size < HDR)
-    return st__fail(err, ST_ERR_HEADER_TOO_SMALL, "file shorter than 8 bytes", 0, NULL, 0, 0);
-  uint64_t n = 0;
-  for (int i = 7; i >= 0; i--) n = (n << 8) | first8[i];
-  if (n > o->max_header_size)
-    return st__fail(err, ST_ERR_HEADER_TOO_LARGE, "header length over the limit", 0, NULL, 0, 0);
-  uint64_t stop;
-  if (st__add_overflow_u64(n, HDR, &stop) || stop > file_size)
-    return st__fail(err, ST_ERR_INVALID_HEADER_LENGTH, "header length points past the end of the file",
-                    0, NULL, 0, 0);
-  size_t ns;
-  if (!st__u64_to_size(n, &ns))
-    return st__fail(err, ST_ERR_HEADER_TOO_LARGE, "header length does not fit in memory", 0, NULL, 0, 0);
-  *n_out = n;
-  return ST_OK;
-}
-
 /* The parser's big tables are fresh memory written right away: their page
  * tables are populated in one call (MADV_POPULATE_WRITE, best effort). */
 static void populate_pages(void *p, size_t bytes) {
@@ -151,7 +131,7 @@ static st_status open_fd_owned(int fd, const st_open_options *o, st_file **out, 
     if (size < HDR) {
       close(fd);
       st_close(f);
-      return framing(NULL, size, o, &n, err);
+      return st__framing(NULL, size, o, &n, err);
     }
     size_t msz;
     if (!st__u64_to_size(size, &msz)) {
@@ -174,7 +154,7 @@ static st_status open_fd_owned(int fd, const st_open_options *o, st_file **out, 
     f->map = m;
     f->map_size = msz;
     f->base = m;
-    if ((st = framing(f->base, size, o, &n, err)) != ST_OK) goto fail;
+    if ((st = st__framing(f->base, size, o, &n, err)) != ST_OK) goto fail;
     /* The header is read once, front to back. */
     (void)madvise(m, (size_t)(HDR + n), MADV_WILLNEED);
     header = f->base + HDR;
@@ -182,11 +162,11 @@ static st_status open_fd_owned(int fd, const st_open_options *o, st_file **out, 
     f->fd = fd;
     unsigned char first8[HDR];
     if (size < HDR) {
-      st = framing(NULL, size, o, &n, err);
+      st = st__framing(NULL, size, o, &n, err);
       goto fail;
     }
     if ((st = pread_full(fd, first8, HDR, 0, err)) != ST_OK) goto fail;
-    if ((st = framing(first8, size, o, &n, err)) != ST_OK) goto fail;
+    if ((st = st__framing(first8, size, o, &n, err)) != ST_OK) goto fail;
     f->header_buf = st__malloc(f->alloc, (size_t)n);
     if (f->header_buf == NULL) {
       st = st__fail(err, ST_ERR_NOMEM, "cannot allocate the header buffer", ST_NO_OFFSET, NULL, 0, 0);
@@ -243,8 +223,8 @@ st_status st_open_memory(const void *data, size_t size, const st_open_options *o
   st_status st = take_options(opts, &o, err);
   if (st != ST_OK) return st;
   uint64_t n;
-  if (size < HDR) return framing(NULL, size, &o, &n, err);
-  if ((st = framing(data, size, &o, &n, err)) != ST_OK) return st;
+  if (size < HDR) return st__framing(NULL, size, &o, &n, err);
+  if ((st = st__framing(data, size, &o, &n, err)) != ST_OK) return st;
   st_file *f = new_handle(&o);
   if (f == NULL) return st__fail(err, ST_ERR_NOMEM, "cannot allocate the handle", ST_NO_OFFSET, NULL, 0, 0);
   f->backend = ST_BACKEND_MMAP;
