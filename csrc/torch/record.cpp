@@ -8,6 +8,7 @@
 #include "json.hpp"
 
 #include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 
 #include <cstring>
 #include <set>
@@ -43,13 +44,10 @@ bool device_parses(const std::string &s) {
   }
 }
 
-// A torch.dtype by its Python name, as the C core's table spells it.
-bool dtype_known(const std::string &name) {
-  st_dtype d;
-  if (st_dtype_from_torch_name(name.data(), name.size(), &d) != ST_OK) return false;
-  const char *torch_name = st_dtype_torch_name(d);
-  return torch_name && name == torch_name;
-}
+// A torch.dtype by its Python name: torch's own table of the names Python
+// gives torch.* dtypes (legacy ones such as "float" included), so C++ accepts
+// exactly what Python's getattr(torch, name) accepts.
+bool dtype_known(const std::string &name) { return c10::getStringToDtypeMap().count(name) != 0; }
 
 class Walker {
  public:

@@ -364,6 +364,24 @@ TEST(Aliases, StructureRecordTiedWeightsShareStorage) {
   unlink(path.c_str());
 }
 
+TEST(Aliases, RecordDtypeValuesAreTorchPythonNames) {
+  // Python writes torch.dtype values under their Python names; every name
+  // getattr(torch, name) knows is accepted, whether or not the format can
+  // store tensors of that dtype, and nothing else.
+  std::string path = sttest::temp_path("record_dtype");
+  for (const char *name : {"float32", "float", "complex128", "qint8", "Float", "float99"}) {
+    std::string record = std::string(R"({"version":1,"root":{"t":"dtype","v":")") + name + "\"}}";
+    st::save(path, {{"w", at::ones({1})}}, {{"torch_safetensors.structure", record}}, {false});
+    bool torch_name = name[0] != 'F' && std::string(name) != "float99";
+    if (torch_name) {
+      EXPECT_NO_THROW(st::File{path}) << name;
+    } else {
+      EXPECT_THROW(st::File{path}, st::Error) << name;
+    }
+  }
+  unlink(path.c_str());
+}
+
 TEST(Aliases, PythonTorchSaveTiedWeights) {
   std::string path = fixture("tied.safetensors");
   ASSERT_FALSE(path.empty()) << "no tied.safetensors from the Python fixtures";
