@@ -109,7 +109,7 @@ std::vector<Row> rows() {
     bad("second_value_after_root", make_file(h, one), ST_ERR_HEADER_DESERIALIZATION, 8 + kT.size());
   }
 
-  // ---- JSON syntax: jsmn's leniencies ------------------------------------
+  // ---- JSON syntax: the leniencies of jsmn-style tokenizers -------------
   {
     std::string e = entry("U8", "[1]", 0, 1);
     std::string h = "{\"t\"::" + e + "}";

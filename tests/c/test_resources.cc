@@ -136,10 +136,11 @@ const size_t kScale = 1;
 #endif
 
 // The memory bound every case must meet: a small multiple of N plus slack.
-// The worst case is the token array: 20 bytes per jsmn token (with parent
-// links) and at most one token per 2 header bytes ("1," in a long array),
-// so 10 x N, plus the tensor table. Measured: 5.9 x N for the 1.7M-tensor
-// header, 6.9 x N for a million metadata keys, 10 x N for a million dims.
+// The worst case is the token array: 20 bytes per JSON token (common/json.h:
+// type, start, end, size, next) and at most one token per 2 header bytes
+// ("1," in a long array), so 10 x N, plus the tensor table. Measured: 5.9 x N
+// for the 1.7M-tensor header, 6.9 x N for a million metadata keys, 10 x N for
+// a million dims.
 // (The reference needs about 14 x N for the 1.7M-tensor header.)
 constexpr double kPerHeaderByte = 12.0;
 constexpr size_t kSlack = 1 << 20;
