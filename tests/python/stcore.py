@@ -91,6 +91,7 @@ class st_tensor_info(Structure):
         ("numel", c_uint64),
         ("data_begin", c_uint64),
         ("data_end", c_uint64),
+        ("reserved", c_uint64 * 4),
     ]
 
 
