@@ -7,6 +7,8 @@
 
 #include "json.hpp"
 
+#include "common/common.h"
+
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
@@ -210,21 +212,36 @@ std::map<std::string, std::string> record_aliases(std::string_view json, const s
 
 namespace {
 
-void put_string(std::string &out, const std::string &s) {
+void put_u4(std::string &out, uint32_t u) {
   static const char hex[] = "0123456789abcdef";
+  out += "\\u";
+  for (int shift = 12; shift >= 0; shift -= 4) out += hex[(u >> shift) & 0xF];
+}
+
+// A JSON string as Python's json.dumps(ensure_ascii=True) writes it. Bytes
+// that are not UTF-8 are copied, for the writer to refuse.
+void put_string(std::string &out, const std::string &s) {
   out += '"';
-  for (char c : s) {
-    auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (u < 0x20) {
-      out += "\\u00";
-      out += hex[u >> 4];
-      out += hex[u & 0xF];
+  auto p = reinterpret_cast<const unsigned char *>(s.data());
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = p[i];
+    const char *esc = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ? "\\n"
+                    : c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b"
+                    : c == '\f' ? "\\f" : nullptr;
+    uint32_t cp = c;
+    size_t n = c < 0x80 ? 1 : st__utf8_decode(p + i, s.size() - i, &cp);
+    if (esc) {
+      out += esc;
+    } else if (n == 0 || (cp >= 0x20 && cp < 0x80)) {
+      out += static_cast<char>(c);
+      n = 1;
+    } else if (cp > 0xFFFF) {  // a surrogate pair
+      put_u4(out, 0xD800 + ((cp - 0x10000) >> 10));
+      put_u4(out, 0xDC00 + ((cp - 0x10000) & 0x3FF));
     } else {
-      out += c;
+      put_u4(out, cp);
     }
+    i += n;
   }
   out += '"';
 }

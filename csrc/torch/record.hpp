@@ -32,9 +32,9 @@ struct RecordError {
 // RecordError.
 std::map<std::string, std::string> record_aliases(std::string_view json, const st_file *file);
 
-// The record (compact JSON, version first) of a flat map: a "dict" root whose
-// items are, in order, (key, tensor node naming the stored tensor). Keys and
-// names are UTF-8; quotes, backslashes and control characters are escaped.
+// The record of a flat map, as Python writes records (compact JSON, version
+// first, ensure_ascii): a "dict" root whose items are, in order, (key, tensor
+// node naming the stored tensor). Keys and names are UTF-8.
 std::string flat_record(const std::vector<std::pair<std::string, std::string>> &items);
 
 }  // namespace safetensors::detail

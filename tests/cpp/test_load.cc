@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <map>
 
 #include "cpp_testutil.h"
 
@@ -379,6 +380,21 @@ TEST(Aliases, RecordDtypeValuesAreTorchPythonNames) {
       EXPECT_THROW(st::File{path}, st::Error) << name;
     }
   }
+  unlink(path.c_str());
+}
+
+TEST(Aliases, TiedSaveWritesTheRecordAsPythonDoes) {
+  // Compact, version first, ensure_ascii: the bytes json.dumps writes.
+  std::string odd = "\xc3\xa9\n\xf0\x9f\x98\x80";  // e-acute, newline, an emoji
+  at::Tensor w = at::ones({2});
+  std::string path = sttest::temp_path("tied_record");
+  st::save(path, {{odd, w}, {"b\"", w}}, {}, {false});
+  st::File file(path);
+  EXPECT_EQ(file.metadata("torch_safetensors.structure"),
+            R"({"version":1,"root":{"t":"dict","items":[["\u00e9\n\ud83d\ude00",)"
+            R"({"t":"tensor","name":"\u00e9\n\ud83d\ude00"}],["b\"",)"
+            R"({"t":"tensor","name":"\u00e9\n\ud83d\ude00"}]]}})");
+  EXPECT_EQ(file.aliases(), (std::map<std::string, std::string>{{"b\"", odd}}));
   unlink(path.c_str());
 }
 
