@@ -330,3 +330,19 @@ def test_random_dicts_safe_open(tmp_path):
     # safe_open is slower (a file each): a sample of the random set.
     for tensors, md in random_cases(writable_by_ref=False, max_meta_keys=4, n=60):
         assert_ref_reads(stcore.write_memory(tensors, md), tensors, md, tmp_path)
+
+
+def test_ctypes_tensor_info_covers_what_the_library_writes():
+    """stcore's st_tensor_info is as large as the header's: the library writes
+    nothing past it (a struct that grew in the header, reserved words
+    included, would otherwise corrupt memory here)."""
+    import ctypes
+
+    data = stcore.write_memory({"a": ("F32", [1], b"\0" * 4)})
+    with stcore.open_memory(data) as f:
+        size = ctypes.sizeof(stcore.st_tensor_info)
+        buf = (ctypes.c_ubyte * (size + 64))(*([0xAB] * (size + 64)))
+        rc = stcore.lib().st_tensor_get(
+            f._h, 0, ctypes.cast(buf, ctypes.POINTER(stcore.st_tensor_info)))
+        assert rc == 0
+        assert bytes(buf[size:]) == b"\xab" * 64
