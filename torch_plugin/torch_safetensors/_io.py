@@ -240,23 +240,48 @@ def check_tensor_kind(name: str, t: torch.Tensor) -> None:
                          f"safetensors counterpart", tensor_name=name)
 
 
-def check_tensor_dict(tensors: Any) -> None:
-    """A dict of str -> tensors that have dense bytes, or a
-    SafetensorTypeError naming what is not."""
+#: What check_tensor_dict raises, per flavour: (class, message) for a
+#: non-dict, a non-str name, a non-tensor value. "reference" is what the
+#: reference's save_file/save raise, for the drop-in.
+_DICT_ERRORS = {
+    "ours": (
+        (SafetensorTypeError, lambda x: f"tensors must be a dict, not "
+                                        f"{type(x).__name__}"),
+        (SafetensorTypeError, lambda k: f"tensor names must be str, not "
+                                        f"{type(k).__name__}"),
+        (SafetensorTypeError, lambda k, v: f"`{k}` is a {type(v).__name__}, "
+                                           f"not a tensor"),
+    ),
+    "reference": (
+        (SafetensorValueError, lambda x: f"Expected a dict of [str, "
+                                         f"torch.Tensor] but received "
+                                         f"{type(x)}"),
+        (SafetensorTypeError, lambda k: f"argument 'tensor_dict': "
+                                        f"'{type(k).__name__}' object is not "
+                                        f"an instance of 'str'"),
+        (SafetensorValueError, lambda k, v: f"Key `{k}` is invalid, expected "
+                                            f"torch.Tensor but received "
+                                            f"{type(v)}"),
+    ),
+}
+
+
+def check_tensor_dict(tensors: Any, flavour: str = "ours",
+                      kinds: bool = True) -> None:
+    """A dict of str -> tensors (with kinds: that have dense bytes), or an
+    error naming what is not, with the messages of flavour (_DICT_ERRORS)."""
+    not_dict, not_str, not_tensor = _DICT_ERRORS[flavour]
     if not isinstance(tensors, dict):
-        raise make_error(SafetensorTypeError,
-                         f"tensors must be a dict, not "
-                         f"{type(tensors).__name__}")
+        raise make_error(not_dict[0], not_dict[1](tensors))
     for k, v in tensors.items():
         if not isinstance(k, str):
-            raise make_error(SafetensorTypeError,
-                             f"tensor names must be str, not "
-                             f"{type(k).__name__}")
+            raise make_error(not_str[0], not_str[1](k))
         if not isinstance(v, torch.Tensor):
-            raise make_error(SafetensorTypeError,
-                             f"`{k}` is a {type(v).__name__}, not a tensor",
+            raise make_error(not_tensor[0], not_tensor[1](k, v),
                              tensor_name=k)
-        check_tensor_kind(k, v)
+    if kinds:
+        for k, v in tensors.items():
+            check_tensor_kind(k, v)
 
 
 def check_metadata(metadata: Any) -> Optional[Dict[str, str]]:

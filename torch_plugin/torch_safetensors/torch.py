@@ -57,6 +57,7 @@ from . import _alias, _C, _dtypes, _io
 from ._io import (
     SafetensorUnsupportedTensorError,
     check_metadata,
+    check_tensor_dict,
     check_tensor_kind,
     host_tensors,
     is_cpu,
@@ -446,19 +447,7 @@ def _check_for_save(tensors: Any, policy: str) -> List[int]:
     """The reference's checks, in its order, with its messages; tensors that
     share memory follow the aliasing policy (its owner list, _alias)."""
     _alias.check_policy(policy)
-    if not isinstance(tensors, dict):
-        raise make_error(SafetensorValueError,
-                         f"Expected a dict of [str, torch.Tensor] but "
-                         f"received {type(tensors)}")
-    for k, v in tensors.items():
-        if not isinstance(k, str):
-            raise make_error(SafetensorTypeError,
-                             f"argument 'tensor_dict': '{type(k).__name__}' "
-                             f"object is not an instance of 'str'")
-        if not isinstance(v, torch.Tensor):
-            raise make_error(SafetensorValueError,
-                             f"Key `{k}` is invalid, expected torch.Tensor "
-                             f"but received {type(v)}", tensor_name=k)
+    check_tensor_dict(tensors, "reference", kinds=False)
     sparse = [k for k, v in tensors.items() if v.layout != torch.strided]
     if sparse:
         raise make_error(
