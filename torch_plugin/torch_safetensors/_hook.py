@@ -39,7 +39,8 @@ The structure record and shared storage
     aliasing policy (``policy=``, default ``"tie"``: exact aliases such as tied weights are stored
     once and come back sharing storage, other overlapping views are stored as copies, refused
     with ``strict=True``; see :mod:`torch_safetensors._alias`). Files without a record load as a
-    flat ``dict[str, Tensor]``.
+    flat ``dict[str, Tensor]`` (with the tied names that ``save_file(..., policy="tie")``
+    recorded).
 
 Refusals (never pickle)
     Anything that would need pickle raises :class:`SafetensorTypeError` (a ``TypeError``) naming
@@ -56,8 +57,10 @@ Loading
     torch: ``None`` restores the recorded device, a str or ``torch.device`` moves everything
     there, a dict maps recorded location strings (``{"cuda:1": "cuda:0"}``), and a callable is
     called as ``fn(storage, location)`` with a CPU ``UntypedStorage`` and may return a storage
-    (used as is) or ``None`` (default placement). F6 tensors (``F6_E2M3``, ``F6_E3M2``) have no
-    torch dtype and come back as raw ``uint8`` bytes, packed as in the file, never unpacked.
+    (used as is) or ``None`` (default placement). Dtypes and shapes follow the C core's view
+    policy (:mod:`torch_safetensors._dtypes`): F6 tensors (``F6_E2M3``, ``F6_E3M2``) have no
+    torch dtype and come back as raw ``uint8`` bytes, packed as in the file, never unpacked, and
+    a tensor whose bytes are not aligned to its element size is an owned copy, never a view.
 """
 
 from __future__ import annotations
@@ -238,7 +241,9 @@ def load_safetensors(f: Any, map_location=None, mmap: bool | None = None) -> Any
 
     text = (metadata or {}).get(STRUCTURE_KEY)
     if text is None:
-        return _record.flat(tensors, place)
+        from . import _alias
+
+        return _record.flat(_alias.restore(tensors, metadata), place)
     return _record.rebuild(_record.parse(text), tensors, place)
 
 

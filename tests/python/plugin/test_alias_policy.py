@@ -156,3 +156,11 @@ def test_alias_key_is_documented():
     for policy in _alias.POLICIES:
         assert f'`"{policy}"`' in doc
     assert torch_safetensors.SafetensorOverlapError is SafetensorOverlapError
+
+
+def test_torch_load_of_a_tied_save_file(tmp_path):
+    p = tmp_path / "m.safetensors"
+    save_file(_tied(), p, policy="tie")
+    back = torch.load(p)
+    assert sorted(back) == ["bias", "embed", "head"]
+    assert _shares(back["embed"], back["head"])
