@@ -588,8 +588,12 @@ static PyStructSequence_Desc info_desc = {
 static PyObject *torch_shape_of(PyObject *shape, const st_torch_view *v) {
   Py_ssize_t rank = PyTuple_GET_SIZE(shape), d;
   PyObject *t;
-  if (v->flags & ST_VIEW_FLAT)
-    return Py_BuildValue("(K)", (unsigned long long)v->numel);
+  if (v->flags & ST_VIEW_FLAT) {
+    t = Py_BuildValue("(K)", (unsigned long long)v->numel);
+    if (t != NULL)
+      PyObject_GC_UnTrack(t); /* one int: as shape_tuple */
+    return t;
+  }
   if (!(v->flags & ST_VIEW_PACKED) || rank == 0)
     return Py_NewRef(shape);
   t = PyTuple_New(rank);
