@@ -164,3 +164,18 @@ def test_torch_load_of_a_tied_save_file(tmp_path):
     back = torch.load(p)
     assert sorted(back) == ["bias", "embed", "head"]
     assert _shares(back["embed"], back["head"])
+
+
+def test_open_sharded_gives_tied_names_lazily(tmp_path):
+    from torch_safetensors.sharded import open_sharded
+
+    sd = {"a": torch.ones(256), "b": torch.zeros(256)}
+    sd["tied"] = sd["a"]
+    for limit in (2048, 10**9):  # shards with an index, and one plain file
+        save_sharded(sd, tmp_path / str(limit), max_shard_size=limit)
+        with open_sharded(tmp_path / str(limit)) as ckpt:
+            assert "tied" not in ckpt.weight_map
+            assert ckpt["tied"].data_ptr() == ckpt["a"].data_ptr()
+        back = load_sharded(tmp_path / str(limit))
+        assert sorted(back) == ["a", "b", "tied"]
+        assert _shares(back["a"], back["tied"])
