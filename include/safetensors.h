@@ -74,7 +74,7 @@ extern "C" {
  * (pyproject.toml) and torch_safetensors.__version__ are all read from these
  * three lines. */
 #define ST_VERSION_MAJOR 0
-#define ST_VERSION_MINOR 1
+#define ST_VERSION_MINOR 2
 #define ST_VERSION_PATCH 0
 #define ST_VERSION_NUMBER \
   (ST_VERSION_MAJOR * 10000 + ST_VERSION_MINOR * 100 + ST_VERSION_PATCH)

@@ -26,16 +26,16 @@ libdir=$(dirname "$so")
 [ -x "$prefix/bin/safetensors" ] || fail "the safetensors command not installed"
 
 soname=$(readelf -d "$so" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
-[ "$soname" = "libsafetensors.so.0" ] ||
-  fail "SONAME is '$soname', expected libsafetensors.so.0"
+[ "$soname" = "libsafetensors.so.1" ] ||
+  fail "SONAME is '$soname', expected libsafetensors.so.1"
 [ -e "$libdir/$soname" ] || fail "$soname link not installed"
 
 # 1. find_package(safetensors) from a separate project.
 cmake -S "$root/tests/install" -B "$tmp/consumer" -G Ninja \
   -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$tmp/consumer" >/dev/null
-readelf -d "$tmp/consumer/consumer" | grep -q "NEEDED.*\[libsafetensors.so.0\]" ||
-  fail "the CMake consumer does not link libsafetensors.so.0"
+readelf -d "$tmp/consumer/consumer" | grep -q "NEEDED.*\[libsafetensors.so.1\]" ||
+  fail "the CMake consumer does not link libsafetensors.so.1"
 LD_LIBRARY_PATH="$libdir" "$tmp/consumer/consumer" "$tmp/cmake.safetensors"
 if readelf -d "$tmp/consumer/consumer_static" | grep -q "NEEDED.*libsafetensors"; then
   fail "the static consumer depends on the shared library"

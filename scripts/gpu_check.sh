@@ -9,12 +9,6 @@ cd "$(dirname "$0")/.."
 out=${1:-${OUT:-/tmp/gpu-check}}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-# jsmn.h comes from Debian's libjsmn-dev; a machine without it (the GPU
-# image) uses a copy carried in the ignored folder .gpu/include/.
-if [ ! -f /usr/include/jsmn.h ]; then
-  [ -f .gpu/include/jsmn.h ] || { echo "gpu_check: no jsmn.h (carry .gpu/include/jsmn.h)"; exit 2; }
-  export CMAKE_ARGS="-DJSMN_INCLUDE_DIR=$PWD/.gpu/include ${CMAKE_ARGS:-}"
-fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
   $py -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
