@@ -262,7 +262,8 @@ class safe_open:
 # Slices
 # --------------------------------------------------------------------------
 
-_SUB_BYTE = frozenset({"F4"}) | _dtypes.RAW_BYTES
+#: Sub-byte dtypes (F4 pairs, F6 raw bytes): the C table's torch_values != 1.
+_SUB_BYTE = _dtypes.RESHAPED
 
 
 def _basic_index(index: Any, shape: Tuple[int, ...]):
@@ -374,7 +375,8 @@ class _SafeSlice:
     def _read_ranges(self, ranges: List[Tuple[int, int, int]],
                      shape) -> torch.Tensor:
         dtype = self._info.dtype
-        if dtype != "F4" or len(ranges) < len(shape) or not shape:
+        if (_dtypes.TORCH_VALUES[dtype] != 2 or len(ranges) < len(shape)
+                or not shape):
             return self._read(ranges)
         # The C library copies whole bytes only, so it refuses every cut of
         # a sub-byte dtype's last dimension; F4 cuts on even element
