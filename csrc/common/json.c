@@ -1,6 +1,6 @@
-/* The strict JSON reader. Two passes of one scanner over the text: the first
- * checks everything and counts the tokens, the second (over a text now known
- * to be valid) fills an array of exactly that many. Nesting is tracked with a
+/* The strict JSON reader. One pass over the text checks everything and fills
+ * a token array that grows as needed (sized up front from the text's length,
+ * so a header grows it once at most; a counting pre-pass cost more). Nesting is tracked with a
  * bit per level (object or array), so depth costs max_depth / 8 bytes and no
  * recursion; open containers are chained through their `next` field until
  * they close. */
@@ -52,16 +52,11 @@ static st__json_status fail(const scanner *s, st__json_status code, const char *
 #define SYNTAX(s, msg, pos) fail((s), ST__JSON_SYNTAX, (msg), (pos))
 
 /* A string starting at the quote at i; *end gets the index after the
- * closing quote. checked: the text already passed, only find the end. */
-static st__json_status scan_string(const scanner *s, size_t i, bool checked, size_t *end) {
+ * closing quote. */
+static st__json_status scan_string(const scanner *s, size_t i, size_t *end) {
   const unsigned char *h = s->h;
   size_t n = s->n;
   size_t j = i + 1;
-  if (checked) {
-    while (h[j] != '"') j += h[j] == '\\' ? 2 : 1;
-    *end = j + 1;
-    return ST__JSON_OK;
-  }
   for (;;) {
     if (j >= n) return SYNTAX(s, "unterminated string", n);
     unsigned c = h[j];
@@ -170,13 +165,27 @@ enum { S_VALUE, S_VALUE_OR_CLOSE, S_KEY, S_KEY_OR_CLOSE, S_COLON, S_AFTER, S_END
 
 #define NONE UINT32_MAX
 
-/* One pass. tok NULL: check the text and count its tokens into *ntok. Else
- * fill tok (*ntok of them, from the counting pass) from the checked text. */
+/* Makes room for token number count in *tok (capacity *cap). */
+static bool reserve(const st_allocator *a, st__json_tok **tok, size_t *cap, size_t count) {
+  if (count < *cap) return true;
+  size_t grown, bytes;
+  if (st__mul_overflow_size(*cap, 2, &grown) ||
+      st__mul_overflow_size(grown, sizeof **tok, &bytes))
+    return false;
+  st__json_tok *t = st__realloc(a, *tok, bytes);
+  if (t == NULL) return false;
+  *tok = t;
+  *cap = grown;
+  return true;
+}
+
+/* The one pass: checks the text and fills *tokp (capacity *capp, grown as
+ * needed), setting *ntok. */
 static st__json_status scan(const scanner *s, uint32_t max_depth, const st_allocator *a,
-                            st__json_tok *tok, size_t *ntok) {
+                            st__json_tok **tokp, size_t *capp, size_t *ntok) {
   const unsigned char *h = s->h;
   const size_t n = s->n;
-  const bool checked = tok != NULL;
+  st__json_tok *tok = *tokp;
   uint64_t local[4];
   uint64_t *stack = local; /* one bit per level: 1 = object */
   size_t cap = max_depth < n ? max_depth : n;
@@ -225,12 +234,12 @@ static st__json_status scan(const scanner *s, uint32_t max_depth, const st_alloc
           goto done;
         }
         size_t e;
-        if ((st = scan_string(s, i, checked, &e)) != ST__JSON_OK) goto done;
-        if (checked) {
-          tok[count] = (st__json_tok){ST__JSON_STRING, (uint32_t)i + 1, (uint32_t)e - 1, 1,
-                                      (uint32_t)count + 1};
-          tok[open].size++;
-        }
+        if ((st = scan_string(s, i, &e)) != ST__JSON_OK) goto done;
+        if (!reserve(a, tokp, capp, count)) goto nomem;
+        tok = *tokp;
+        tok[count] = (st__json_tok){ST__JSON_STRING, (uint32_t)i + 1, (uint32_t)e - 1, 1,
+                                    (uint32_t)count + 1};
+        tok[open].size++;
         count++;
         i = e;
         state = S_COLON;
@@ -247,7 +256,9 @@ static st__json_status scan(const scanner *s, uint32_t max_depth, const st_alloc
       st = SYNTAX(s, "the root is not a JSON object", i);
       goto done;
     }
-    if (checked && open != NONE && !in_obj) tok[open].size++;
+    if (open != NONE && !in_obj) tok[open].size++;
+    if (!reserve(a, tokp, capp, count)) goto nomem;
+    tok = *tokp;
     if (c == '{' || c == '[') {
       if (depth >= max_depth) {
         st = fail(s, ST__JSON_DEPTH, "nesting deeper than the limit", i);
@@ -257,12 +268,10 @@ static st__json_status scan(const scanner *s, uint32_t max_depth, const st_alloc
       if (c == '{') stack[depth / 64] |= bit;
       else stack[depth / 64] &= ~bit;
       depth++;
-      if (checked) {
-        /* next holds the enclosing container until this one closes. */
-        tok[count] = (st__json_tok){c == '{' ? ST__JSON_OBJECT : ST__JSON_ARRAY, (uint32_t)i, 0,
-                                    0, open};
-        open = (uint32_t)count;
-      }
+      /* next holds the enclosing container until this one closes. */
+      tok[count] = (st__json_tok){c == '{' ? ST__JSON_OBJECT : ST__JSON_ARRAY, (uint32_t)i, 0, 0,
+                                  open};
+      open = (uint32_t)count;
       count++;
       state = c == '{' ? S_KEY_OR_CLOSE : S_VALUE_OR_CLOSE;
       i++;
@@ -271,7 +280,7 @@ static st__json_status scan(const scanner *s, uint32_t max_depth, const st_alloc
     size_t e = i;
     uint32_t type = ST__JSON_PRIMITIVE;
     if (c == '"') {
-      if ((st = scan_string(s, i, checked, &e)) != ST__JSON_OK) goto done;
+      if ((st = scan_string(s, i, &e)) != ST__JSON_OK) goto done;
       type = ST__JSON_STRING;
     } else if (c == '-' || is_digit(c)) {
       if ((st = scan_number(s, i, &e)) != ST__JSON_OK) goto done;
@@ -286,7 +295,7 @@ static st__json_status scan(const scanner *s, uint32_t max_depth, const st_alloc
       }
       e = i + len;
     }
-    if (checked) {
+    {
       bool str = type == ST__JSON_STRING;
       tok[count] = (st__json_tok){type, (uint32_t)(str ? i + 1 : i), (uint32_t)(str ? e - 1 : e), 0,
                                   (uint32_t)count + 1};
@@ -297,7 +306,7 @@ static st__json_status scan(const scanner *s, uint32_t max_depth, const st_alloc
     continue;
   close:
     depth--;
-    if (checked) {
+    {
       uint32_t parent = tok[open].next;
       tok[open].end = (uint32_t)i + 1;
       tok[open].next = (uint32_t)count;
@@ -307,9 +316,12 @@ static st__json_status scan(const scanner *s, uint32_t max_depth, const st_alloc
     state = depth == 0 ? S_END : S_AFTER;
   }
   if (state != S_END) st = SYNTAX(s, "unexpected end of the text", n);
+  goto done;
+nomem:
+  st = fail(s, ST__JSON_NOMEM, "cannot allocate the token array", i);
 done:
   if (stack != local) st__free(a, stack);
-  if (!checked) *ntok = count;
+  *ntok = count;
   return st;
 }
 
@@ -325,14 +337,14 @@ st__json_status st__json_parse(const void *text, size_t len, uint32_t max_depth,
   size_t bad = st__utf8_check(s.h, len);
   if (bad != len) return fail(&s, ST__JSON_UTF8, "the text is not valid UTF-8", bad);
   if (len > ST__JSON_MAX_TEXT) return fail(&s, ST__JSON_TOO_LARGE, "the text is too large", 0);
-  size_t ntok = 0;
-  st__json_status st = scan(&s, max_depth, alloc, NULL, &ntok);
-  if (st != ST__JSON_OK) return st;
-  size_t bytes;
+  /* A safetensors header has about one token per 4 bytes, other JSON often
+   * far fewer: start at one per 16 and double (untouched capacity costs
+   * address space, not memory). */
+  size_t ntok = 0, cap = len / 16 + 16, bytes;
   st__json_tok *tok = NULL;
-  if (!st__mul_overflow_size(ntok, sizeof *tok, &bytes)) tok = st__malloc(alloc, bytes);
+  if (!st__mul_overflow_size(cap, sizeof *tok, &bytes)) tok = st__malloc(alloc, bytes);
   if (tok == NULL) return fail(&s, ST__JSON_NOMEM, "cannot allocate the token array", 0);
-  st = scan(&s, max_depth, alloc, tok, &ntok);
+  st__json_status st = scan(&s, max_depth, alloc, &tok, &cap, &ntok);
   if (st != ST__JSON_OK) {
     st__free(alloc, tok);
     return st;
