@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "common/common.h"
+#include "common/json.h"
 
 void *st__cli_xmalloc(size_t n) {
   void *p = malloc(n ? n : 1);
@@ -126,47 +127,10 @@ size_t st__cli_escape_text(st__cli_buf *b, const char *s, size_t n) {
   return width;
 }
 
+static void buf_put(void *ctx, const char *s, size_t len) { st__cli_buf_put(ctx, s, len); }
+
 void st__cli_escape_json(st__cli_buf *b, const char *s, size_t n) {
-  const unsigned char *u = (const unsigned char *)s;
-  size_t i = 0, run = 0;
-  char tmp[8];
-  st__cli_buf_put(b, "\"", 1);
-  while (i < n) {
-    uint32_t cp = 0;
-    size_t len = st__utf8_decode(u + i, n - i, &cp);
-    const char *esc = NULL;
-    if (len == 0) {
-      esc = "\\ufffd";
-      len = 1;
-    } else if (cp == '"') {
-      esc = "\\\"";
-    } else if (cp == '\\') {
-      esc = "\\\\";
-    } else if (cp == '\n') {
-      esc = "\\n";
-    } else if (cp == '\t') {
-      esc = "\\t";
-    } else if (cp == '\r') {
-      esc = "\\r";
-    } else if (cp == '\b') {
-      esc = "\\b";
-    } else if (cp == '\f') {
-      esc = "\\f";
-    } else if (cp < 0x20) {
-      snprintf(tmp, sizeof tmp, "\\u%04x", (unsigned)cp);
-      esc = tmp;
-    }
-    if (esc) {
-      st__cli_buf_put(b, s + i - run, run);
-      run = 0;
-      st__cli_buf_puts(b, esc);
-    } else {
-      run += len;
-    }
-    i += len;
-  }
-  st__cli_buf_put(b, s + i - run, run);
-  st__cli_buf_put(b, "\"", 1);
+  st__json_escape(s, n, ST__JSON_ESCAPE_REPLACE, buf_put, b);
 }
 
 void st__cli_human_bytes(uint64_t n, char *out, size_t cap) {

@@ -524,3 +524,57 @@ st__json_status st__json_find_duplicate(const st__json *doc, size_t obj, size_t 
   st__free(doc->alloc, arena);
   return ST__JSON_OK;
 }
+
+static void put_u4(st__json_put_fn put, void *ctx, uint32_t u) {
+  static const char hex[] = "0123456789abcdef";
+  char e[6] = {'\\', 'u', hex[(u >> 12) & 15], hex[(u >> 8) & 15], hex[(u >> 4) & 15],
+               hex[u & 15]};
+  put(ctx, e, sizeof e);
+}
+
+void st__json_escape(const char *s, size_t len, uint32_t flags, st__json_put_fn put,
+                     void *ctx) {
+  const unsigned char *u = (const unsigned char *)s;
+  const bool decode = (flags & (ST__JSON_ESCAPE_ASCII | ST__JSON_ESCAPE_REPLACE)) != 0;
+  size_t run = 0, i = 0; /* s[run..i) is pending, unescaped */
+  put(ctx, "\"", 1);
+  while (i < len) {
+    unsigned c = u[i];
+    size_t n = 1;
+    uint32_t cp = c;
+    if (c >= 0x80 && decode) {
+      n = st__utf8_decode(u + i, len - i, &cp);
+      if (n == 0) { /* not UTF-8 */
+        n = 1;
+        if (!(flags & ST__JSON_ESCAPE_REPLACE)) {
+          i++;
+          continue;
+        }
+        cp = 0xFFFD;
+      } else if (!(flags & ST__JSON_ESCAPE_ASCII)) {
+        i += n;
+        continue;
+      }
+    } else if (c >= 0x20 && c != '"' && c != '\\' &&
+               (c < 0x7f || !(flags & ST__JSON_ESCAPE_ASCII))) {
+      i++;
+      continue;
+    }
+    put(ctx, s + run, i - run);
+    const char *esc = cp == '"' ? "\\\"" : cp == '\\' ? "\\\\" : cp == '\b' ? "\\b"
+                    : cp == '\f' ? "\\f" : cp == '\n' ? "\\n" : cp == '\r' ? "\\r"
+                    : cp == '\t' ? "\\t" : NULL;
+    if (esc != NULL) {
+      put(ctx, esc, 2);
+    } else if (cp > 0xFFFF) {
+      put_u4(put, ctx, 0xD800 + ((cp - 0x10000) >> 10));
+      put_u4(put, ctx, 0xDC00 + ((cp - 0x10000) & 0x3FF));
+    } else {
+      put_u4(put, ctx, cp);
+    }
+    i += n;
+    run = i;
+  }
+  put(ctx, s + run, len - run);
+  put(ctx, "\"", 1);
+}

@@ -136,6 +136,24 @@ bool st__json_is_null(const st__json *doc, size_t k);
 st__json_status st__json_find_duplicate(const st__json *doc, size_t obj,
                                         size_t *dup);
 
+/* Writing. Flags of st__json_escape. */
+#define ST__JSON_ESCAPE_ASCII 0x1u   /* every code point outside ' '..'~' as
+                                        \\uXXXX (lowercase; a surrogate pair
+                                        above U+FFFF), as Python's json.dumps
+                                        (ensure_ascii=True) writes */
+#define ST__JSON_ESCAPE_REPLACE 0x2u /* a byte that is not well-formed UTF-8
+                                        becomes \\ufffd (else: copied) */
+
+/* Receives the escaped text, in order. */
+typedef void (*st__json_put_fn)(void *ctx, const char *bytes, size_t len);
+
+/* Writes s[0..len) as a JSON string, quotes included, through put. With no
+ * flags it is serde_json's escaping, which the reference writer uses: '"' and
+ * '\\', the five short control escapes (\\b \\f \\n \\r \\t), \\u00xx
+ * (lowercase) for the other controls, every other byte as it is. */
+void st__json_escape(const char *s, size_t len, uint32_t flags, st__json_put_fn put,
+                     void *ctx);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/checked.h"
+#include "common/json.h"
 #include "core/internal.h"
 #include "core/sink.h"
 
@@ -457,43 +458,10 @@ static void j_char(jbuf *b, char c) {
   b->n++;
 }
 
-/* serde_json's escaping: the two mandatory escapes, the five short control
- * escapes, \u00xx (lowercase) for the other controls, all else raw. */
-static void j_str(jbuf *b, const char *s, size_t len) {
-  static const char hex[] = "0123456789abcdef";
-  j_char(b, '"');
-  size_t run = 0;
-  for (size_t i = 0; i < len; i++) {
-    unsigned char c = (unsigned char)s[i];
-    char esc = 0;
-    if (c == '"' || c == '\\') {
-      esc = (char)c;
-    } else if (c >= 0x20) {
-      continue;
-    } else if (c == '\b') {
-      esc = 'b';
-    } else if (c == '\f') {
-      esc = 'f';
-    } else if (c == '\n') {
-      esc = 'n';
-    } else if (c == '\r') {
-      esc = 'r';
-    } else if (c == '\t') {
-      esc = 't';
-    }
-    j_raw(b, s + run, i - run);
-    run = i + 1;
-    j_char(b, '\\');
-    if (esc != 0) {
-      j_char(b, esc);
-    } else {
-      char u[5] = {'u', '0', '0', hex[c >> 4], hex[c & 15]};
-      j_raw(b, u, sizeof u);
-    }
-  }
-  j_raw(b, s + run, len - run);
-  j_char(b, '"');
-}
+static void j_put(void *ctx, const char *s, size_t len) { j_raw(ctx, s, len); }
+
+/* serde_json's escaping, as the reference writes names and metadata. */
+static void j_str(jbuf *b, const char *s, size_t len) { st__json_escape(s, len, 0, j_put, b); }
 
 static void j_u64(jbuf *b, uint64_t v) {
   char tmp[20];

@@ -137,40 +137,31 @@ static uint64_t off_max(void) {
   return ((uint64_t)1 << (sizeof(off_t) * 8 - 1)) - 1;
 }
 
-int st__write_all(int fd, const void *buf, size_t len) {
-  const unsigned char *p = buf;
+/* The one retry rule of plain writes: EINTR is retried, a short write
+ * continues where it stopped, and a regular file never accepts zero bytes of
+ * a non-empty write (EIO). off: the file offset, or -1 for write(2). */
+static int write_loop(int fd, const unsigned char *p, size_t len, int64_t off) {
   while (len > 0) {
     size_t n = len < ST_IO_MAX_CHUNK ? len : ST_IO_MAX_CHUNK;
-    ssize_t r = hooks.write_fn(fd, p, n);
+    ssize_t r = off < 0 ? hooks.write_fn(fd, p, n) : hooks.pwrite_fn(fd, p, n, (off_t)off);
     if (r < 0) {
       if (errno == EINTR) continue;
       return errno != 0 ? errno : EIO;
     }
-    /* A regular file never accepts zero bytes of a non-empty write. */
     if (r == 0) return EIO;
     p += (size_t)r;
     len -= (size_t)r;
+    if (off >= 0) off += r;
   }
   return 0;
 }
 
+int st__write_all(int fd, const void *buf, size_t len) { return write_loop(fd, buf, len, -1); }
+
 int st__pwrite_all(int fd, const void *buf, size_t len, uint64_t off) {
-  const unsigned char *p = buf;
   uint64_t end;
   if (st__add_overflow_u64(off, len, &end) || end > off_max()) return EFBIG;
-  while (len > 0) {
-    size_t n = len < ST_IO_MAX_CHUNK ? len : ST_IO_MAX_CHUNK;
-    ssize_t r = hooks.pwrite_fn(fd, p, n, (off_t)off);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return errno != 0 ? errno : EIO;
-    }
-    if (r == 0) return EIO;
-    p += (size_t)r;
-    len -= (size_t)r;
-    off += (uint64_t)r;
-  }
-  return 0;
+  return write_loop(fd, buf, len, (int64_t)off);
 }
 
 int st__pwritev_all(int fd, struct iovec *iov, int n, uint64_t off,

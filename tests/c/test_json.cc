@@ -250,4 +250,35 @@ TEST(Json, EveryAllocationFailureIsClean) {
   }
 }
 
+std::string escaped(const std::string &s, uint32_t flags) {
+  std::string out;
+  st__json_escape(
+      s.data(), s.size(), flags,
+      [](void *ctx, const char *b, size_t n) { static_cast<std::string *>(ctx)->append(b, n); },
+      &out);
+  return out;
+}
+
+// The three escapings the project writes: serde_json's (the reference
+// writer's header), Python's ensure_ascii (the structure record), and the
+// CLI's --json output of names that may not be UTF-8.
+TEST(Json, EscapeSerdeAsciiAndReplace) {
+  const std::string mixed = std::string("a\"b\\c\b\f\n\r\t\x01\x1f\x7f") + "\xc3\xa9" +
+                            "\xe2\x82\xac" + "\xf0\x9f\x98\x80";
+  EXPECT_EQ(escaped(mixed, 0), std::string("\"a\\\"b\\\\c\\b\\f\\n\\r\\t\\u0001\\u001f\x7f") +
+                                   "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"");
+  // json.dumps(mixed, ensure_ascii=True) in Python 3.11.
+  EXPECT_EQ(escaped(mixed, ST__JSON_ESCAPE_ASCII),
+            "\"a\\\"b\\\\c\\b\\f\\n\\r\\t\\u0001\\u001f\\u007f\\u00e9\\u20ac\\ud83d\\ude00\"");
+  EXPECT_EQ(escaped(mixed, ST__JSON_ESCAPE_REPLACE),
+            escaped(mixed, 0));  // valid UTF-8: nothing to replace
+  const std::string bad = std::string("x\xff") + "y\xc3";  // a stray byte, a cut sequence
+  EXPECT_EQ(escaped(bad, 0), "\"" + bad + "\"");
+  EXPECT_EQ(escaped(bad, ST__JSON_ESCAPE_ASCII), "\"" + bad + "\"");  // copied, for a writer to refuse
+  EXPECT_EQ(escaped(bad, ST__JSON_ESCAPE_REPLACE), "\"x\\ufffdy\\ufffd\"");
+  EXPECT_EQ(escaped(bad, ST__JSON_ESCAPE_REPLACE | ST__JSON_ESCAPE_ASCII), "\"x\\ufffdy\\ufffd\"");
+  EXPECT_EQ(escaped("", 0), "\"\"");
+  EXPECT_EQ(escaped(std::string(1, '\0'), ST__JSON_ESCAPE_ASCII), "\"\\u0000\"");
+}
+
 }  // namespace
