@@ -212,38 +212,14 @@ std::map<std::string, std::string> record_aliases(std::string_view json, const s
 
 namespace {
 
-void put_u4(std::string &out, uint32_t u) {
-  static const char hex[] = "0123456789abcdef";
-  out += "\\u";
-  for (int shift = 12; shift >= 0; shift -= 4) out += hex[(u >> shift) & 0xF];
+void put_bytes(void *ctx, const char *s, size_t len) {
+  static_cast<std::string *>(ctx)->append(s, len);
 }
 
 // A JSON string as Python's json.dumps(ensure_ascii=True) writes it. Bytes
 // that are not UTF-8 are copied, for the writer to refuse.
 void put_string(std::string &out, const std::string &s) {
-  out += '"';
-  auto p = reinterpret_cast<const unsigned char *>(s.data());
-  for (size_t i = 0; i < s.size();) {
-    unsigned char c = p[i];
-    const char *esc = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ? "\\n"
-                    : c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b"
-                    : c == '\f' ? "\\f" : nullptr;
-    uint32_t cp = c;
-    size_t n = c < 0x80 ? 1 : st__utf8_decode(p + i, s.size() - i, &cp);
-    if (esc) {
-      out += esc;
-    } else if (n == 0 || (cp >= 0x20 && cp < 0x80)) {
-      out += static_cast<char>(c);
-      n = 1;
-    } else if (cp > 0xFFFF) {  // a surrogate pair
-      put_u4(out, 0xD800 + ((cp - 0x10000) >> 10));
-      put_u4(out, 0xDC00 + ((cp - 0x10000) & 0x3FF));
-    } else {
-      put_u4(out, cp);
-    }
-    i += n;
-  }
-  out += '"';
+  st__json_escape(s.data(), s.size(), ST__JSON_ESCAPE_ASCII, put_bytes, &out);
 }
 
 }  // namespace
