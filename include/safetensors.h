@@ -383,6 +383,13 @@ typedef struct st_torch_view {
 ST_API st_status st_tensor_torch_view(const st_file *file, size_t index,
                                       st_torch_view *out);
 
+/** The view policy for a dtype and a file shape of rank dimensions (a slice's,
+ *  say), without the ST_VIEW_COPY question, which only a file can answer.
+ *  Statuses: ST_ERR_INVALID_ARGUMENT (NULL out, NULL shape with rank > 0,
+ *  dtype out of range, a size that overflows or is not whole bytes). */
+ST_API st_status st_torch_view_of(st_dtype dtype, const uint64_t *shape,
+                                  uint32_t rank, st_torch_view *out);
+
 /* --- Metadata ----------------------------------------------------------- */
 
 /** Number of __metadata__ entries (0 when absent or null). */

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "common/checked.h"
 #include "file.h"
 #include "internal.h"
 
@@ -101,28 +102,42 @@ st_status st_dtype_from_torch_name(const char *name, size_t len, st_dtype *out) 
   return ST_ERR_NOT_FOUND;
 }
 
-st_status st_tensor_torch_view(const st_file *file, size_t index, st_torch_view *out) {
-  if (file == NULL || out == NULL || index >= file->ntensors) return ST_ERR_INVALID_ARGUMENT;
-  const st__tensor *t = &file->tensors[index];
-  const unsigned values = dtype_table[t->dtype].values;
-  const uint64_t nbytes = t->end - t->begin;
+st_status st_torch_view_of(st_dtype dtype, const uint64_t *shape, uint32_t rank,
+                           st_torch_view *out) {
+  if (!valid(dtype) || out == NULL || (shape == NULL && rank > 0)) return ST_ERR_INVALID_ARGUMENT;
+  const unsigned values = dtype_table[dtype].values;
+  uint64_t numel = 1;
+  for (uint32_t d = 0; d < rank; d++) {
+    if (st__mul_overflow_u64(numel, shape[d], &numel)) return ST_ERR_INVALID_ARGUMENT;
+  }
+  uint64_t bits;
+  if (st__mul_overflow_u64(numel, dtype_table[dtype].bits, &bits) || bits % 8 != 0)
+    return ST_ERR_INVALID_ARGUMENT;
   memset(out, 0, sizeof *out);
-  out->dtype = t->dtype;
-  out->torch_name = dtype_table[t->dtype].torch;
-  out->c10_name = dtype_table[t->dtype].c10;
+  out->dtype = dtype;
+  out->torch_name = dtype_table[dtype].torch;
+  out->c10_name = dtype_table[dtype].c10;
   /* Torch elements are whole bytes: a pair of F4 values, a raw F6 byte, or
    * one element of bits / 8 bytes. */
-  out->element_size = values == 1 ? dtype_table[t->dtype].bits / 8u : 1u;
-  out->numel = nbytes / out->element_size;
-  if (values == 0 || (values == 2 && (t->rank == 0 || t->shape[t->rank - 1] % 2 != 0))) {
+  out->element_size = values == 1 ? dtype_table[dtype].bits / 8u : 1u;
+  out->numel = bits / 8 / out->element_size;
+  if (values == 0 || (values == 2 && (rank == 0 || shape[rank - 1] % 2 != 0))) {
     out->flags |= ST_VIEW_FLAT;
     out->rank = 1;
     out->last_dim = out->numel;
   } else {
-    out->rank = t->rank;
-    if (t->rank > 0) out->last_dim = t->shape[t->rank - 1] / values;
+    out->rank = rank;
+    if (rank > 0) out->last_dim = shape[rank - 1] / values;
     if (values == 2) out->flags |= ST_VIEW_PACKED;
   }
+  return ST_OK;
+}
+
+st_status st_tensor_torch_view(const st_file *file, size_t index, st_torch_view *out) {
+  if (file == NULL || out == NULL || index >= file->ntensors) return ST_ERR_INVALID_ARGUMENT;
+  const st__tensor *t = &file->tensors[index];
+  st_status st = st_torch_view_of(t->dtype, t->shape, t->rank, out);
+  if (st != ST_OK) return st; /* never for a tensor that passed open */
   /* Where the bytes lie: their address in the mapping or the caller's memory,
    * else (pread) their offset in the file. */
   uint64_t at = 8u + file->header_size + t->begin;

@@ -1625,6 +1625,45 @@ static PyObject *mod_dtype_bits(PyObject *Py_UNUSED(m), PyObject *arg) {
   return PyLong_FromUnsignedLong(st_dtype_bits(d));
 }
 
+/* torch_shape(dtype_name, shape): the view policy for any file shape (a
+ * slice's): st_torch_view_of. */
+static PyObject *mod_torch_shape(PyObject *Py_UNUSED(m), PyObject *args) {
+  const char *name;
+  Py_ssize_t len, rank, d;
+  PyObject *shape, *seq, *out = NULL;
+  uint64_t dims[ST_DEFAULT_MAX_RANK];
+  st_dtype dtype;
+  st_torch_view view;
+  if (!PyArg_ParseTuple(args, "s#O:torch_shape", &name, &len, &shape))
+    return NULL;
+  if (st_dtype_from_name(name, (size_t)len, &dtype) != ST_OK) {
+    PyErr_Format(PyExc_KeyError, "%s", name);
+    return NULL;
+  }
+  seq = PySequence_Tuple(shape);
+  if (seq == NULL)
+    return NULL;
+  rank = PyTuple_GET_SIZE(seq);
+  if (rank > (Py_ssize_t)ST_DEFAULT_MAX_RANK) {
+    PyErr_SetString(PyExc_ValueError, "torch_shape: too many dimensions");
+    goto done;
+  }
+  for (d = 0; d < rank; d++) {
+    dims[d] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(seq, d));
+    if (PyErr_Occurred())
+      goto done;
+  }
+  if (st_torch_view_of(dtype, dims, (uint32_t)rank, &view) != ST_OK) {
+    PyErr_SetString(PyExc_ValueError,
+                    "torch_shape: the shape overflows or is not whole bytes");
+    goto done;
+  }
+  out = torch_shape_of(seq, &view);
+done:
+  Py_DECREF(seq);
+  return out;
+}
+
 static PyObject *mod_dtype_names(PyObject *Py_UNUSED(m),
                                  PyObject *Py_UNUSED(ign)) {
   PyObject *t = PyTuple_New(ST_DTYPE_COUNT);
@@ -1720,6 +1759,9 @@ static PyMethodDef module_methods[] = {
      "_raise(status, message, tensor_name=None): raises as the C layer does."},
     {"status_name", mod_status_name, METH_O, "status_name(code) -> str"},
     {"dtype_bits", mod_dtype_bits, METH_O, "dtype_bits(name) -> int"},
+    {"torch_shape", mod_torch_shape, METH_VARARGS,
+     "torch_shape(dtype_name, shape) -> the torch shape of a tensor (or\n"
+     "slice) of that file dtype and file shape, by the view policy"},
     {"dtype_names", mod_dtype_names, METH_NOARGS,
      "dtype_names() -> the 22 names, by writer rank"},
     {NULL, NULL, 0, NULL}};

@@ -164,4 +164,39 @@ INSTANTIATE_TEST_SUITE_P(
                  "", 0, 8, 0, 5, 2, "float64"}),
     [](const ::testing::TestParamInfo<ViewCase> &i) { return std::string(i.param.name); });
 
+// st_torch_view_of: the same policy for any file shape (a slice's).
+TEST(DtypeTorch, ViewOfAnyShape) {
+  st_torch_view v;
+  const uint64_t even[2] = {3, 4}, odd[2] = {2, 3}, f6[1] = {4}, big[2] = {UINT64_MAX, 2};
+  ASSERT_EQ(st_torch_view_of(ST_F4, even, 2, &v), ST_OK);
+  EXPECT_EQ(v.flags, ST_VIEW_PACKED);
+  EXPECT_EQ(v.rank, 2u);
+  EXPECT_EQ(v.last_dim, 2u);
+  EXPECT_EQ(v.numel, 6u);
+  ASSERT_EQ(st_torch_view_of(ST_F4, odd, 2, &v), ST_OK);
+  EXPECT_EQ(v.flags, ST_VIEW_FLAT);
+  EXPECT_EQ(v.rank, 1u);
+  EXPECT_EQ(v.numel, 3u);
+  ASSERT_EQ(st_torch_view_of(ST_F6_E3M2, f6, 1, &v), ST_OK);
+  EXPECT_EQ(v.flags, ST_VIEW_FLAT);
+  EXPECT_EQ(v.numel, 3u);
+  EXPECT_STREQ(v.torch_name, "uint8");
+  ASSERT_EQ(st_torch_view_of(ST_BF16, odd, 2, &v), ST_OK);
+  EXPECT_EQ(v.flags, 0u);
+  EXPECT_EQ(v.element_size, 2u);
+  EXPECT_EQ(v.numel, 6u);
+  EXPECT_EQ(v.last_dim, 3u);
+  ASSERT_EQ(st_torch_view_of(ST_I64, nullptr, 0, &v), ST_OK);  // a scalar
+  EXPECT_EQ(v.rank, 0u);
+  EXPECT_EQ(v.numel, 1u);
+  // Not whole bytes, overflow, bad arguments: refused, never a wrong answer.
+  const uint64_t one[1] = {1};
+  EXPECT_EQ(st_torch_view_of(ST_F4, one, 1, &v), ST_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(st_torch_view_of(ST_F32, big, 2, &v), ST_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(st_torch_view_of(ST_F32, nullptr, 1, &v), ST_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(st_torch_view_of(ST_F32, one, 1, nullptr), ST_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(st_torch_view_of(static_cast<st_dtype>(ST_DTYPE_COUNT), one, 1, &v),
+            ST_ERR_INVALID_ARGUMENT);
+}
+
 }  // namespace

@@ -82,17 +82,11 @@ def nbytes(name: str, shape) -> int:
     return n * BITS[name] // 8
 
 
-def torch_shape(name: str, shape, nbytes_: int) -> Tuple[int, ...]:
+def torch_shape(name: str, shape) -> Tuple[int, ...]:
     """The torch shape of a slice of file dtype name and file shape. (Whole
-    tensors carry theirs in TensorInfo.torch_shape; a slice applies the same
-    policy to its own shape, with the C table's values per element.)"""
-    shape = tuple(int(d) for d in shape)
-    values = TORCH_VALUES[name]
-    if values == 1:
-        return shape
-    if values == 0 or not shape or shape[-1] % values:
-        return (nbytes_,)
-    return shape[:-1] + (shape[-1] // values,)
+    tensors carry theirs in TensorInfo.torch_shape; a slice's comes from the
+    same C function, st_torch_view_of.)"""
+    return _C.torch_shape(name, shape)
 
 
 def file_shape(dtype: torch.dtype, shape) -> Tuple[int, ...]:

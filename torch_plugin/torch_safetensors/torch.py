@@ -362,7 +362,7 @@ class _SafeSlice:
         dtype = self._info.dtype
         shape, nbytes = f.slice_shape(self._k, ranges)
         tdtype = torch_dtype_of(self._info)
-        tshape = _dtypes.torch_shape(dtype, shape, nbytes)
+        tshape = _dtypes.torch_shape(dtype, shape)
         out = torch.empty(tshape, dtype=tdtype)
         if nbytes >= _PARALLEL_SLICE:
             # One engine plan: the rows of a big strided slice are copied by
