@@ -71,7 +71,7 @@ DESCRIBE = {
     "ours-pread": "`torch_safetensors.torch.load_file(p, backend='pread')`: owned tensors, one "
                   "engine plan, pread straight into them",
     "ours-copy": "our mmap backend + the engine's parallel memcpy into owned tensors "
-                 "(`_C.File` + `_read_owned`, what `torch.load(mmap=False)` runs for a mapping)",
+                 "(`_C.File` + `_io.read_owned`, what `torch.load(mmap=False)` runs for a mapping)",
     "ours-zerocopy": "`torch_safetensors.torch.load_file(p)`: zero-copy views of a private "
                      "mapping (like the reference); the touch faults the pages in",
     "reference": "`safetensors.torch.load_file(p)` (0.8.0, zero-copy mmap)",
@@ -192,7 +192,7 @@ _PHASES: Dict[str, float] = {}
 
 
 def _patch_read_owned() -> None:
-    """Times the plugin's owned-load step (`_read_owned`: allocation, views and the engine)
+    """Times the plugin's owned-load step (`_io.read_owned`: allocation, views and the engine)
     by wrapping the shipped function, never replacing it."""
     import torch_safetensors._io as tio
 
@@ -706,9 +706,9 @@ def phases(res: Dict[str, List[dict]]) -> List[str]:
     if not ph:
         return []
     return ["Phase breakdown of our owned loads (median s, timed around the plugin's own "
-            "`_read_owned`): " + "; ".join(
+            "`_io.read_owned`): " + "; ".join(
                 f"{c}: open + header + dict {C.fmt_s(C.med(r, 'other'))}, allocation + "
-                f"engine (`_read_owned`) {C.fmt_s(C.med(r, 'owned'))}"
+                f"engine (`_io.read_owned`) {C.fmt_s(C.med(r, 'owned'))}"
                 for c, r in ph) + ".", ""]
 
 
@@ -778,7 +778,7 @@ def render(info: dict, args, results: dict, targets: list) -> str:
               "rename, directory fsync); ours-direct = the same with `direct=True` (O_DIRECT "
               "writes through an aligned bounce buffer, page cache bypassed); ours-nofsync = the "
               "same writer without the fsyncs "
-              "(`_write_tensors(..., fsync=False)`, what `torch.save(format='safetensors')` to a "
+              "(`_io.write_tensors(..., fsync=False)`, what `torch.save(format='safetensors')` to a "
               "path can do); reference-fsync = `safetensors.torch.save_file` + an fsync of the "
               "file; raw-* = the tensors' bytes written by one `os.write` loop (no header), "
               "c-raw-fsync = `st_bench write` (8 MiB writes + fsync, C). All files go to the "
@@ -817,7 +817,7 @@ def render(info: dict, args, results: dict, targets: list) -> str:
               "pread backend (`-mmap`: mmap backend), bytes read = the engine's own count "
               "(`st_exec_stats.bytes_read`); the ratio is against engine-full of the same "
               "backend; engine execute = `st_plan_execute` alone, work items = "
-              "`st_exec_stats.chunks`. ours-stage = the plugin's `_read_owned` (one engine plan, pread "
+              "`st_exec_stats.chunks`. ours-stage = the plugin's `_io.read_owned` (one engine plan, pread "
               "backend) over the stage's tensors; ours-tp = `safe_open(p, backend='pread')"
               ".get_slice(n)[:, a:b]` (one call per tensor: the parallel engine for slices of "
               "1 MiB and more, `st_tensor_read_slice` below); "
