@@ -63,7 +63,7 @@ python-install: deps venv
 
 test-python: build venv python-install
 	ST_LIBRARY=$(CURDIR)/$(BUILD)/libsafetensors.so ST_CLI=$(CURDIR)/$(BUILD)/safetensors \
-	  $(VPY) -m pytest -q tests/python
+	  $(VPY) -m pytest -q -rs tests/python
 
 # Each mk/*.mk adds its own targets and appends the ones `make test` runs to
 # EXTRA_TESTS (robustness, C++ adapter, install checks, ...).
