@@ -50,6 +50,9 @@ void st__cli_human_bytes(uint64_t n, char *out, size_t cap);
  * call (the offset and name parts only when present; errno text for I/O). */
 void st__cli_describe_error(st__cli_buf *b, const st_error *e);
 
+/* One error line: prefix, the escaped path, ": ", the description, "\n". */
+void st__cli_report(st__cli_buf *b, const char *prefix, const char *path, const st_error *e);
+
 /* The exit code a failed status maps to: ST_CLI_ERROR for I/O, memory and
  * argument failures, ST_CLI_INVALID for everything the file caused. */
 int st__cli_exit_for(st_status status);

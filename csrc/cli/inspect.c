@@ -237,11 +237,7 @@ static int open_or_report(const char *path, st_file **f) {
   st_status s = st_open(path, NULL, f, &e);
   if (s == ST_OK) return ST_CLI_OK;
   st__cli_buf b = {0};
-  st__cli_buf_puts(&b, "safetensors inspect: ");
-  st__cli_escape_text(&b, path, strlen(path));
-  st__cli_buf_puts(&b, ": ");
-  st__cli_describe_error(&b, &e);
-  st__cli_buf_put(&b, "\n", 1);
+  st__cli_report(&b, "safetensors inspect: ", path, &e);
   st__cli_flush(&b, stderr);
   st__cli_buf_free(&b);
   return st__cli_exit_for(s);

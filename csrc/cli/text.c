@@ -149,6 +149,14 @@ void st__cli_human_bytes(uint64_t n, char *out, size_t cap) {
   snprintf(out, cap, "%.1f %s", v, units[u]);
 }
 
+void st__cli_report(st__cli_buf *b, const char *prefix, const char *path, const st_error *e) {
+  st__cli_buf_puts(b, prefix);
+  st__cli_escape_text(b, path, strlen(path));
+  st__cli_buf_puts(b, ": ");
+  st__cli_describe_error(b, e);
+  st__cli_buf_put(b, "\n", 1);
+}
+
 void st__cli_describe_error(st__cli_buf *b, const st_error *e) {
   st__cli_buf_printf(b, "%s: %s", st_status_name(e->code),
                      e->message ? e->message : st_status_str(e->code));

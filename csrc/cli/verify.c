@@ -89,11 +89,7 @@ static int verify_one(const char *path, int quiet, unsigned char **buf,
                                               st_data_size(f)));
     }
   } else {
-    st__cli_buf_puts(&b, rc == ST_CLI_ERROR ? "ERROR " : "INVALID ");
-    st__cli_escape_text(&b, path, strlen(path));
-    st__cli_buf_puts(&b, ": ");
-    st__cli_describe_error(&b, &e);
-    st__cli_buf_put(&b, "\n", 1);
+    st__cli_report(&b, rc == ST_CLI_ERROR ? "ERROR " : "INVALID ", path, &e);
   }
   st__cli_flush(&b, stream);
   st__cli_buf_free(&b);
