@@ -48,26 +48,29 @@ API = {name: api for name, _, api in DTYPES}
 
 
 def cases():
-    """(label, [(name bytes, dtype, shape)], [(key bytes, value bytes)]), in
-    insertion order: the C tests add them in this order."""
+    """(label, [(name bytes, dtype, shape)], metadata), in insertion order: the
+    C tests add them in this order. metadata: None (no metadata argument), or
+    [(key bytes, value bytes)], where [] is the reference's metadata={} (the C
+    writer's st_writer_declare_metadata)."""
     esc = b'q"b\\s/' + bytes(range(1, 32)) + b"\x7f"
     d20 = [(b"t_" + n.encode(), n, [4]) for n, _, _ in reversed(DTYPES) if not n.startswith("F6")]
     d22 = [(b"t_" + n.encode(), n, [4]) for n, _, _ in DTYPES]
     return [
-        ("empty", [], []),
-        ("one_tensor", [(b"weight", "F32", [2, 3])], []),
+        ("empty", [], None),
+        ("one_tensor", [(b"weight", "F32", [2, 3])], None),
         ("sorting", [(b"a", "U8", [3]), (b"b", "F64", []), (b"c", "F16", [2]),
                      (b"B", "F16", [1]), (b"z", "I64", [2]), (b"y", "BOOL", [1]),
-                     (b"aa", "U8", [1]), (b"a\x7f", "F16", [1])], []),
+                     (b"aa", "U8", [1]), (b"a\x7f", "F16", [1])], None),
         ("metadata", [(b"w", "BF16", [2])], [(b"format", b"pt")]),
         ("escapes", [(esc, "U8", [1]), (b"plain", "U8", [1])],
          [(b'k\n"\\\x01', b"v\t\x1f\x7f/\xc3\xa9")]),
         ("unicode", [(b"\xc3\xa9", "I8", [1]), (b"\xe6\x97\xa5\xe6\x9c\xac", "I8", [2]),
-                     (b"\xf0\x9f\x99\x82", "I8", [1]), (b"z", "I8", [1]), (b"", "I8", [1])], []),
+                     (b"\xf0\x9f\x99\x82", "I8", [1]), (b"z", "I8", [1]), (b"", "I8", [1])], None),
         ("zero_scalar", [(b"empty", "F32", [0]), (b"empty2", "F32", [2, 0, 3]),
-                         (b"scalar", "F32", []), (b"s64", "I64", []), (b"after", "F32", [1])], []),
-        ("dtypes20", d20, []),
-        ("dtypes22", d22, []),
+                         (b"scalar", "F32", []), (b"s64", "I64", []), (b"after", "F32", [1])], None),
+        ("dtypes20", d20, None),
+        ("dtypes22", d22, None),
+        ("declared_empty_metadata", [(b"a", "F32", [2])], []),
     ]
 
 
@@ -95,7 +98,7 @@ def reference_bytes(tensors, meta):
             api_shape[-1] //= 2
         specs[name.decode()] = TensorSpec(dtype=API[dtype], shape=api_shape,
                                           data_ptr=ctypes.addressof(buf), data_len=len(data))
-    metadata = {k.decode(): v.decode() for k, v in meta} if meta else None
+    metadata = {k.decode(): v.decode() for k, v in meta} if meta is not None else None
     return bytes(serialize(specs, metadata=metadata))
 
 
@@ -103,7 +106,7 @@ def rule_bytes(tensors, meta):
     """The reference's layout rule, for dtypes its API does not take."""
     order = sorted(range(len(tensors)), key=lambda k: (-RANK[tensors[k][1]], tensors[k][0]))
     header = {}
-    if meta:
+    if meta is not None:
         header["__metadata__"] = {k.decode(): v.decode() for k, v in sorted(meta)}
     off, data = 0, b""
     for k in order:
@@ -193,6 +196,7 @@ def render():
         "  const char *label;",
         "  std::vector<Tensor> tensors;",
         "  std::vector<std::pair<std::string, std::string>> meta;",
+        "  bool declare_metadata;  // metadata={}: a __metadata__ object even when empty",
         "  std::string bytes;",
         "};",
         "",
@@ -206,8 +210,9 @@ def render():
         ts = ", ".join("{%s, \"%s\", {%s}}" % (c_string(n), d, ", ".join(map(str, s)))
                        for n, d, s in tensors)
         lines.append("      {" + ts + "},")
-        ms = ", ".join("{%s, %s}" % (c_string(k), c_string(v)) for k, v in meta)
+        ms = ", ".join("{%s, %s}" % (c_string(k), c_string(v)) for k, v in meta or [])
         lines.append("      {" + ms + "},")
+        lines.append("      %s," % ("true" if meta is not None else "false"))
         lines.append("      " + c_string(data) + "});")
     lines += ["  return v;", "}", "", "}  // namespace golden", "", "#endif", ""]
     return "\n".join(lines)

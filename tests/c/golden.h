@@ -22,6 +22,7 @@ struct Case {
   const char *label;
   std::vector<Tensor> tensors;
   std::vector<std::pair<std::string, std::string>> meta;
+  bool declare_metadata;  // metadata={}: a __metadata__ object even when empty
   std::string bytes;
 };
 
@@ -31,11 +32,13 @@ inline std::vector<Case> cases() {
   v.push_back({"empty",
       {},
       {},
+      false,
       std::string("\x08\x00\x00\x00\x00\x00\x00\x00{}      ", 16)});
   // one_tensor
   v.push_back({"one_tensor",
       {{std::string("weight", 6), "F32", {2, 3}}},
       {},
+      false,
       std::string("@\x00\x00\x00\x00\x00\x00\x00{\"weight\":{\"dtype\":\"F32\",\"shape\":[2"
       ",3],\"data_offsets\":[0,24]}}  \x01\x08\x0f\x16\x1d$+29@GNU\\cjqx\x7f"
       "\x86\x8d\x94\x9b\xa2", 96)});
@@ -43,6 +46,7 @@ inline std::vector<Case> cases() {
   v.push_back({"sorting",
       {{std::string("a", 1), "U8", {3}}, {std::string("b", 1), "F64", {}}, {std::string("c", 1), "F16", {2}}, {std::string("B", 1), "F16", {1}}, {std::string("z", 1), "I64", {2}}, {std::string("y", 1), "BOOL", {1}}, {std::string("aa", 2), "U8", {1}}, {std::string("a\x7f", 2), "F16", {1}}},
       {},
+      false,
       std::string("\xb8\x01\x00\x00\x00\x00\x00\x00{\"z\":{\"dtype\":\"I64\",\"shape\":[2],"
       "\"data_offsets\":[0,16]},\"b\":{\"dtype\":\"F64\",\"shape\":[],\"data_of"
       "fsets\":[16,24]},\"B\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\""
@@ -57,6 +61,7 @@ inline std::vector<Case> cases() {
   v.push_back({"metadata",
       {{std::string("w", 1), "BF16", {2}}},
       {{std::string("format", 6), std::string("pt", 2)}},
+      true,
       std::string("X\x00\x00\x00\x00\x00\x00\x00{\"__metadata__\":{\"format\":\"pt\"},\"w\""
       ":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}  \x01\x08"
       "\x0f\x16", 100)});
@@ -65,6 +70,7 @@ inline std::vector<Case> cases() {
       {{std::string("q\"b\\s/\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10"
       "\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x7f", 38), "U8", {1}}, {std::string("plain", 5), "U8", {1}}},
       {{std::string("k\x0a\"\\\x01", 5), std::string("v\x09\x1f\x7f/\xc3\xa9", 7)}},
+      true,
       std::string("P\x01\x00\x00\x00\x00\x00\x00{\"__metadata__\":{\"k\\n\\\"\\\\\\u0001\":"
       "\"v\\t\\u001f\x7f/\xc3\xa9\"},\"plain\":{\"dtype\":\"U8\",\"shape\":[1],"
       "\"data_offsets\":[0,1]},\"q\\\"b\\\\s/\\u0001\\u0002\\u0003\\u0004\\u000"
@@ -76,6 +82,7 @@ inline std::vector<Case> cases() {
   v.push_back({"unicode",
       {{std::string("\xc3\xa9", 2), "I8", {1}}, {std::string("\xe6\x97\xa5\xe6\x9c\xac", 6), "I8", {2}}, {std::string("\xf0\x9f\x99\x82", 4), "I8", {1}}, {std::string("z", 1), "I8", {1}}, {std::string("", 0), "I8", {1}}},
       {},
+      false,
       std::string("\x10\x01\x00\x00\x00\x00\x00\x00{\"\":{\"dtype\":\"I8\",\"shape\":[1],\""
       "data_offsets\":[0,1]},\"z\":{\"dtype\":\"I8\",\"shape\":[1],\"data_offse"
       "ts\":[1,2]},\"\xc3\xa9\":{\"dtype\":\"I8\",\"shape\":[1],\"data_offsets"
@@ -86,6 +93,7 @@ inline std::vector<Case> cases() {
   v.push_back({"zero_scalar",
       {{std::string("empty", 5), "F32", {0}}, {std::string("empty2", 6), "F32", {2, 0, 3}}, {std::string("scalar", 6), "F32", {}}, {std::string("s64", 3), "I64", {}}, {std::string("after", 5), "F32", {1}}},
       {},
+      false,
       std::string("(\x01\x00\x00\x00\x00\x00\x00{\"s64\":{\"dtype\":\"I64\",\"shape\":[],\""
       "data_offsets\":[0,8]},\"after\":{\"dtype\":\"F32\",\"shape\":[1],\"data_"
       "offsets\":[8,12]},\"empty\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offs"
@@ -96,6 +104,7 @@ inline std::vector<Case> cases() {
   v.push_back({"dtypes20",
       {{std::string("t_U64", 5), "U64", {4}}, {std::string("t_I64", 5), "I64", {4}}, {std::string("t_C64", 5), "C64", {4}}, {std::string("t_F32", 5), "F32", {4}}, {std::string("t_U32", 5), "U32", {4}}, {std::string("t_I32", 5), "I32", {4}}, {std::string("t_BF16", 6), "BF16", {4}}, {std::string("t_F16", 5), "F16", {4}}, {std::string("t_U16", 5), "U16", {4}}, {std::string("t_I16", 5), "I16", {4}}, {std::string("t_F8_E5M2FNUZ", 13), "F8_E5M2FNUZ", {4}}, {std::string("t_F8_E4M3FNUZ", 13), "F8_E4M3FNUZ", {4}}, {std::string("t_F8_E8M0", 9), "F8_E8M0", {4}}, {std::string("t_F8_E4M3", 9), "F8_E4M3", {4}}, {std::string("t_F8_E5M2", 9), "F8_E5M2", {4}}, {std::string("t_I8", 4), "I8", {4}}, {std::string("t_U8", 4), "U8", {4}}, {std::string("t_F4", 4), "F4", {4}}, {std::string("t_BOOL", 6), "BOOL", {4}}},
       {},
+      false,
       std::string("\xb8\x04\x00\x00\x00\x00\x00\x00{\"t_U64\":{\"dtype\":\"U64\",\"shape\":"
       "[4],\"data_offsets\":[0,32]},\"t_I64\":{\"dtype\":\"I64\",\"shape\":[4],"
       "\"data_offsets\":[32,64]},\"t_C64\":{\"dtype\":\"C64\",\"shape\":[4],\"d"
@@ -130,6 +139,7 @@ inline std::vector<Case> cases() {
   v.push_back({"dtypes22",
       {{std::string("t_BOOL", 6), "BOOL", {4}}, {std::string("t_F4", 4), "F4", {4}}, {std::string("t_F6_E2M3", 9), "F6_E2M3", {4}}, {std::string("t_F6_E3M2", 9), "F6_E3M2", {4}}, {std::string("t_U8", 4), "U8", {4}}, {std::string("t_I8", 4), "I8", {4}}, {std::string("t_F8_E5M2", 9), "F8_E5M2", {4}}, {std::string("t_F8_E4M3", 9), "F8_E4M3", {4}}, {std::string("t_F8_E8M0", 9), "F8_E8M0", {4}}, {std::string("t_F8_E4M3FNUZ", 13), "F8_E4M3FNUZ", {4}}, {std::string("t_F8_E5M2FNUZ", 13), "F8_E5M2FNUZ", {4}}, {std::string("t_I16", 5), "I16", {4}}, {std::string("t_U16", 5), "U16", {4}}, {std::string("t_F16", 5), "F16", {4}}, {std::string("t_BF16", 6), "BF16", {4}}, {std::string("t_I32", 5), "I32", {4}}, {std::string("t_U32", 5), "U32", {4}}, {std::string("t_F32", 5), "F32", {4}}, {std::string("t_C64", 5), "C64", {4}}, {std::string("t_F64", 5), "F64", {4}}, {std::string("t_I64", 5), "I64", {4}}, {std::string("t_U64", 5), "U64", {4}}},
       {},
+      false,
       std::string("\x80\x05\x00\x00\x00\x00\x00\x00{\"t_U64\":{\"dtype\":\"U64\",\"shape\":"
       "[4],\"data_offsets\":[0,32]},\"t_I64\":{\"dtype\":\"I64\",\"shape\":[4],"
       "\"data_offsets\":[32,64]},\"t_F64\":{\"dtype\":\"F64\",\"shape\":[4],\"d"
@@ -164,6 +174,13 @@ inline std::vector<Case> cases() {
       "\xb7\xbe\xc5u|\x83\x8a\x91\x98\x9f\xa6V]dkry\x80\x87\x37>EL\x18\x1f&-"
       "\xf9\x00\x07\x0e\xda\xe1\xe8\xef\xbb\xc2\xc9\xd0\x9c\xa3\xaa\xb1}\x84"
       "\x8b\x92^el\?FM '\x01\x08\x0f\x16", 1664)});
+  // declared_empty_metadata
+  v.push_back({"declared_empty_metadata",
+      {{std::string("a", 1), "F32", {2}}},
+      {},
+      true,
+      std::string("H\x00\x00\x00\x00\x00\x00\x00{\"__metadata__\":{},\"a\":{\"dtype\":\"F32"
+      "\",\"shape\":[2],\"data_offsets\":[0,8]}}\x01\x08\x0f\x16\x1d$+2", 88)});
   return v;
 }
 
