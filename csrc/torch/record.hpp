@@ -17,6 +17,9 @@ namespace safetensors::detail {
 // adds (docs/RECORD.md).
 inline constexpr std::string_view kKeyPrefix = "torch_safetensors.";
 inline constexpr std::string_view kStructureKey = "torch_safetensors.structure";
+// Tied names that save_file / save_sharded (policy "tie") dropped:
+// __metadata__["torch_safetensors.alias.<dropped>"] = "<kept>" (docs/RECORD.md).
+inline constexpr std::string_view kAliasKeyPrefix = "torch_safetensors.alias.";
 // The version this adapter reads and writes.
 inline constexpr int kRecordVersion = 1;
 

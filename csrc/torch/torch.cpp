@@ -230,13 +230,30 @@ File::File(const std::string &path, Backend backend, bool populate, bool aliases
   check(path, [&](st_error *e) { return st_open(path.c_str(), &opts, &raw, e); });
   handle_ = std::shared_ptr<st_file>(raw, &st_close);
 
+  if (!aliases) return;
+  // Dropped tied names recorded as metadata (as Python's _alias.restore
+  // reads them): the kept name must be stored; a stored name is never
+  // shadowed.
+  for (size_t k = 0, n = st_metadata_count(raw); k < n; ++k) {
+    const char *key, *value;
+    size_t key_len, value_len, index;
+    if (st_metadata_get(raw, k, &key, &key_len, &value, &value_len) != ST_OK) continue;
+    std::string_view name(key, key_len);
+    if (name.substr(0, detail::kAliasKeyPrefix.size()) != detail::kAliasKeyPrefix) continue;
+    name.remove_prefix(detail::kAliasKeyPrefix.size());
+    if (st_tensor_find(raw, value, value_len, &index) == ST_OK &&
+        st_tensor_find(raw, name.data(), name.size(), &index) != ST_OK)
+      aliases_.emplace(std::string(name), std::string(value, value_len));
+  }
   const char *record = nullptr;
   size_t record_len = 0;
-  if (!aliases || st_metadata_find(raw, detail::kStructureKey.data(), detail::kStructureKey.size(),
-                                   &record, &record_len) != ST_OK)
+  if (st_metadata_find(raw, detail::kStructureKey.data(), detail::kStructureKey.size(), &record,
+                       &record_len) != ST_OK)
     return;
   try {
-    aliases_ = detail::record_aliases(std::string_view(record, record_len), raw);
+    // The record's path names win over a metadata entry of the same name.
+    for (auto &[name, stored] : detail::record_aliases(std::string_view(record, record_len), raw))
+      aliases_[name] = std::move(stored);
   } catch (const detail::RecordError &r) {
     st_error err{};
     err.code = r.status;
@@ -489,8 +506,13 @@ std::unique_ptr<st_writer, WriterDeleter> make_writer(const TensorDict &tensors,
     if (!dtype)
       throw Error(ST_ERR_UNSUPPORTED, "dtype has no safetensors counterpart",
                   ST_NO_OFFSET, name);
-    if (*dtype == ST_F4 && tensor.dim() == 0)
-      throw Error(ST_ERR_UNSUPPORTED, "a 0-dim float4_e2m1fn_x2 tensor has no file shape",
+    // A torch element that packs several file values (F4 pairs): the file's
+    // last dimension is that many times the torch one, and a 0-dim tensor has
+    // no last dimension to scale.
+    const unsigned values = st_dtype_torch_values(*dtype);
+    if (values > 1 && tensor.dim() == 0)
+      throw Error(ST_ERR_UNSUPPORTED,
+                  std::string("a 0-dim ") + st_dtype_torch_name(*dtype) + " tensor has no file shape",
                   ST_NO_OFFSET, name);
     at::Tensor host = tensor;
     if (!host.device().is_cpu()) host = host.to(c10::Device(c10::kCPU));
@@ -500,7 +522,7 @@ std::unique_ptr<st_writer, WriterDeleter> make_writer(const TensorDict &tensors,
     keep.push_back(host);
 
     std::vector<uint64_t> shape(host.sizes().begin(), host.sizes().end());
-    if (*dtype == ST_F4) shape.back() *= 2;
+    if (values > 1) shape.back() *= values;
     uint64_t nbytes = host.nbytes();
     const void *data = nbytes ? host.const_data_ptr() : nullptr;
     check({}, [&](st_error *e) {

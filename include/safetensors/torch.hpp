@@ -56,15 +56,9 @@
 #include <utility>
 #include <vector>
 
-#if defined(_WIN32)
-#  if defined(ST_TORCH_BUILDING_LIBRARY)
-#    define ST_TORCH_API __declspec(dllexport)
-#  else
-#    define ST_TORCH_API __declspec(dllimport)
-#  endif
-#else
-#  define ST_TORCH_API __attribute__((visibility("default")))
-#endif
+// POSIX only, as the C library (gcc or clang): symbols are hidden except
+// those marked ST_TORCH_API.
+#define ST_TORCH_API __attribute__((visibility("default")))
 
 namespace torch::nn {
 class Module;
@@ -160,8 +154,9 @@ struct LoadOptions {
   bool copy = false;
   // Prefault the mapping (MAP_POPULATE).
   bool populate = false;
-  // Honour the structure record (docs/RECORD.md): tied names that the file
-  // stores once come back sharing the stored tensor's storage. The record is
+  // Honour the structure record and the tied-name metadata that save_file /
+  // save_sharded write (docs/RECORD.md): tied names that the file stores once
+  // come back sharing the stored tensor's storage. The record is
   // checked when the file opens, and one that breaks a rule of the spec
   // throws (ST_ERR_HEADER_DESERIALIZATION; ST_ERR_UNSUPPORTED for a version
   // other than 1; name() is "torch_safetensors.structure"), as Python's

@@ -83,6 +83,10 @@ def main():
     w = make(torch.float32, (4, 3), 1)
     sd = {"a.weight": w, "a.bias": make(torch.float32, (4,), 2), "b.weight": w}
     torch.save(sd, os.path.join(out, "tied.safetensors"), format="safetensors")
+    # save_file / save_sharded with policy="tie": the dropped name is recorded
+    # as __metadata__["torch_safetensors.alias.b.weight"] = "a.weight".
+    from torch_safetensors.torch import save_file as save_file_ours
+    save_file_ours(sd, os.path.join(out, "tied_alias_metadata.safetensors"), policy="tie")
     return 0
 
 

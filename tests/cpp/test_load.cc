@@ -410,6 +410,22 @@ TEST(Aliases, PythonTorchSaveTiedWeights) {
   EXPECT_EQ(bytes_of(all.at("b.weight")), bytes);
 }
 
+// save_file(policy="tie") records the dropped name as metadata, not as a
+// structure record: C++ gives it back sharing storage, as Python's load_file.
+TEST(Aliases, PythonSaveFileTieMetadata) {
+  std::string path = fixture("tied_alias_metadata.safetensors");
+  ASSERT_FALSE(path.empty()) << "no tied_alias_metadata.safetensors from the Python fixtures";
+  st::File file(path);
+  EXPECT_EQ(file.size(), 2u);  // a.weight and a.bias stored; b.weight dropped
+  EXPECT_EQ(file.aliases(), (std::map<std::string, std::string>{{"b.weight", "a.weight"}}));
+  auto all = st::load(path);
+  ASSERT_TRUE(all.contains("b.weight"));
+  EXPECT_EQ(all.at("a.weight").const_data_ptr(), all.at("b.weight").const_data_ptr());
+  st::LoadOptions flat;
+  flat.aliases = false;
+  EXPECT_FALSE(st::load(path, flat).contains("b.weight"));
+}
+
 TEST(Errors, CorruptFilesThrowWithStatusAndOffset) {
   std::string path = sttest::temp_path("corrupt");
   st::save(path, {{"x", at::ones({4})}}, {}, {false});
