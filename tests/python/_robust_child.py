@@ -26,10 +26,7 @@ from torch_safetensors import load_file, safe_open
 from torch_safetensors import torch as st_torch
 from torch_safetensors.errors import SafetensorError
 
-try:
-    from torch_safetensors._hook import _sniff
-except ImportError:  # the hook's sniffing rule, as documented: name or header bytes
-    _sniff = None
+from torch_safetensors._hook import _sniff
 
 
 class PickleTrip(BaseException):
@@ -131,7 +128,7 @@ class Runner:
             self.failures.append({"case": label, "entry": "torch.load(named)",
                                   "exc": "accepted a file the reader refuses"})
         # Unnamed path and file object: ours when the bytes say so, else torch's.
-        ours = _sniff(str(self.unnamed)) if _sniff is not None else None
+        ours = _sniff(str(self.unnamed))
         for what, fn in [("torch.load(.pt)", lambda: torch.load(self.unnamed)),
                          ("torch.load(BytesIO)", lambda: torch.load(io.BytesIO(blob)))]:
             try:

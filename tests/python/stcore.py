@@ -38,7 +38,8 @@ STATUS_NAMES = [
 for _i, _n in enumerate(STATUS_NAMES):
     globals()[_n] = _i
 
-# Name, bits; the list index is the st_dtype number (the writer's rank).
+# Name, bits; the list index is the st_dtype number (an oracle written from
+# FORMAT.md, independent of the library's table on purpose).
 DTYPES: List[Tuple[str, int]] = [
     ("BOOL", 8), ("F4", 4), ("F6_E2M3", 6), ("F6_E3M2", 6), ("U8", 8), ("I8", 8),
     ("F8_E5M2", 8), ("F8_E4M3", 8), ("F8_E8M0", 8), ("F8_E4M3FNUZ", 8), ("F8_E5M2FNUZ", 8),

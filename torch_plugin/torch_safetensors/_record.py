@@ -249,6 +249,8 @@ def flatten(obj: Any, policy: str = "tie", strict: bool = False
     overlaps that are not exact aliases)."""
     import torch
 
+    from . import _dtypes
+
     fl = _Flattener()
     root = fl.value(obj, (), "", "")
     leaves = fl.leaves
@@ -285,12 +287,11 @@ def flatten(obj: Any, policy: str = "tie", strict: bool = False
     name_of = {i: n for n, i in names.items()}
     for i, lf in enumerate(leaves):
         lf.node["name"] = name_of[owner[i]]
-    f4 = getattr(torch, "float4_e2m1fn_x2", None)
     tensors = {}
     for n, i in names.items():
         t = leaves[i].tensor.detach()
-        if t.dim() == 0 and t.dtype == f4:
-            # F4 halves the last dimension in the file; a 0-dim tensor has none to halve
+        if t.dim() == 0 and _dtypes.TORCH_VALUES.get(_dtypes.st_name(t.dtype) or "", 1) > 1:
+            # F4 pairs scale the last dimension in the file; a 0-dim tensor has none
             t = t.reshape(1)
             for lf in leaves:
                 if lf.node["name"] == n:
