@@ -21,6 +21,7 @@
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* The owned loads run on the copy engine: the C API's experimental tier. */
 #define ST_EXPERIMENTAL_API
@@ -1664,6 +1665,154 @@ done:
   return out;
 }
 
+/* A producer that writes nothing: layout() asks the writer for its bytes
+ * into untouched anonymous memory, so only the header's pages are touched. */
+static int layout_producer(void *ctx, uint64_t offset, void *dst, size_t len) {
+  (void)ctx;
+  (void)offset;
+  (void)dst;
+  (void)len;
+  return 0;
+}
+
+/* layout(tensors, metadata) -> (header, file_size): the exact first 8 + N
+ * bytes st_writer would write for tensors, a sequence of (name, dtype,
+ * shape), and metadata (None: no __metadata__; a dict, even empty: that
+ * object), without any tensor data. The bytes come from the writer itself
+ * (st_writer_write_memory into a MAP_NORESERVE anonymous mapping the size
+ * of the file, whose data pages are never touched), so they are what
+ * write_path writes for the same tensors. */
+static PyObject *mod_layout(PyObject *Py_UNUSED(m), PyObject *args) {
+  PyObject *tensors, *metadata, *fast = NULL, *out = NULL;
+  st_writer *w = NULL;
+  st_error err;
+  st_status rc;
+  uint64_t size = 0, hsize = 0;
+  uint64_t *shape = NULL;
+  void *map = MAP_FAILED;
+  size_t written = 0;
+  Py_ssize_t k, n;
+  int d;
+  if (!PyArg_ParseTuple(args, "OO:layout", &tensors, &metadata))
+    return NULL;
+  if (metadata != Py_None && !PyDict_Check(metadata)) {
+    PyErr_SetString(PyExc_TypeError, "metadata must be a dict or None");
+    return NULL;
+  }
+  memset(&err, 0, sizeof err);
+  rc = st_writer_new(NULL, &w, &err);
+  if (rc != ST_OK)
+    return raise_status(rc, &err, NULL);
+  if (metadata != Py_None) {
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    st_writer_declare_metadata(w, NULL);
+    while (PyDict_Next(metadata, &pos, &key, &value)) {
+      const char *ks, *vs;
+      Py_ssize_t kl, vl;
+      if (!PyUnicode_Check(key) || !PyUnicode_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "metadata keys and values must be str");
+        goto done;
+      }
+      ks = PyUnicode_AsUTF8AndSize(key, &kl);
+      vs = ks != NULL ? PyUnicode_AsUTF8AndSize(value, &vl) : NULL;
+      if (vs == NULL)
+        goto done;
+      rc = st_writer_add_metadata(w, ks, (size_t)kl, vs, (size_t)vl, &err);
+      if (rc != ST_OK) {
+        raise_status(rc, &err, NULL);
+        goto done;
+      }
+    }
+  }
+  fast = PySequence_Fast(tensors, "tensors must be a sequence");
+  if (fast == NULL)
+    goto done;
+  n = PySequence_Fast_GET_SIZE(fast);
+  shape = PyMem_Calloc(ST_DEFAULT_MAX_RANK, sizeof *shape);
+  if (shape == NULL) {
+    PyErr_NoMemory();
+    goto done;
+  }
+  for (k = 0; k < n; k++) {
+    PyObject *item = PySequence_Fast_GET_ITEM(fast, k), *dims;
+    const char *name, *dtname;
+    Py_ssize_t nl, dl, rank;
+    st_dtype dtype;
+    if (!PyArg_ParseTuple(item, "s#s#O", &name, &nl, &dtname, &dl, &dims)) {
+      PyErr_SetString(PyExc_TypeError,
+                      "each tensor must be (name, dtype, shape)");
+      goto done;
+    }
+    if (st_dtype_from_name(dtname, (size_t)dl, &dtype) != ST_OK) {
+      raise_simple(ST_ERR_INVALID_ARGUMENT, "unknown dtype", name);
+      goto done;
+    }
+    dims = PySequence_Fast(dims, "shape must be a sequence of ints");
+    if (dims == NULL)
+      goto done;
+    rank = PySequence_Fast_GET_SIZE(dims);
+    if (rank > (Py_ssize_t)ST_DEFAULT_MAX_RANK) {
+      Py_DECREF(dims);
+      raise_simple(ST_ERR_LIMIT, "too many dimensions", name);
+      goto done;
+    }
+    for (d = 0; d < (int)rank; d++) {
+      if (as_u64(PySequence_Fast_GET_ITEM(dims, d), &shape[d], "dimension") <
+          0) {
+        Py_DECREF(dims);
+        goto done;
+      }
+    }
+    Py_DECREF(dims);
+    rc = st_writer_add_tensor_cb(w, name, (size_t)nl, dtype, shape,
+                                 (uint32_t)rank, layout_producer, NULL, &err);
+    if (rc != ST_OK) {
+      raise_status(rc, &err, NULL);
+      goto done;
+    }
+  }
+  rc = st_writer_size(w, &size, &err);
+  if (rc != ST_OK) {
+    raise_status(rc, &err, NULL);
+    goto done;
+  }
+  if (size > (uint64_t)SIZE_MAX) {
+    raise_simple(ST_ERR_VALIDATION_OVERFLOW, "the file does not fit memory",
+                 NULL);
+    goto done;
+  }
+  map = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (map == MAP_FAILED) {
+    PyErr_SetFromErrno(PyExc_OSError);
+    goto done;
+  }
+  Py_BEGIN_ALLOW_THREADS
+  rc = st_writer_write_memory(w, map, (size_t)size, &written, &err);
+  Py_END_ALLOW_THREADS
+  if (rc != ST_OK) {
+    raise_status(rc, &err, NULL);
+    goto done;
+  }
+  for (d = 0; d < 8; d++)
+    hsize |= (uint64_t)((const unsigned char *)map)[d] << (8 * d);
+  hsize += 8;
+  if (hsize > size) {
+    raise_simple(ST_ERR_IO, "writer produced a header past the file", NULL);
+    goto done;
+  }
+  out = Py_BuildValue("(y#K)", (const char *)map, (Py_ssize_t)hsize,
+                      (unsigned long long)size);
+done:
+  if (map != MAP_FAILED)
+    munmap(map, (size_t)size);
+  PyMem_Free(shape);
+  Py_XDECREF(fast);
+  st_writer_free(w);
+  return out;
+}
+
 static PyObject *mod_dtype_names(PyObject *Py_UNUSED(m),
                                  PyObject *Py_UNUSED(ign)) {
   PyObject *t = PyTuple_New(ST_DTYPE_COUNT);
@@ -1762,6 +1911,10 @@ static PyMethodDef module_methods[] = {
     {"torch_shape", mod_torch_shape, METH_VARARGS,
      "torch_shape(dtype_name, shape) -> the torch shape of a tensor (or\n"
      "slice) of that file dtype and file shape, by the view policy"},
+    {"layout", mod_layout, METH_VARARGS,
+     "layout(tensors, metadata) -> (header, file_size): the first 8 + N\n"
+     "bytes the writer writes for tensors, a sequence of (name, dtype,\n"
+     "shape), and metadata (None, or a dict of str), with no tensor data."},
     {"dtype_names", mod_dtype_names, METH_NOARGS,
      "dtype_names() -> the 22 names, by writer rank"},
     {NULL, NULL, 0, NULL}};
