@@ -51,6 +51,8 @@ import os
 import re
 import secrets
 import socket
+import threading
+import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -280,6 +282,31 @@ def _remove_stale_tmps(directory: str) -> None:
             pass
 
 
+#: Temporary shards this process created as a coordinator, not yet renamed
+#: into place: path -> a weak reference to the writer whose save made them.
+#: A save that failed after they were created (on any rank) leaves them;
+#: they are removed when that writer starts its next save (reset) or, once
+#: the writer is gone, by the next save of this process. A writer still
+#: alive may be in the middle of its own save (async_save), so its files are
+#: never touched by another writer.
+_PENDING: Dict[str, "weakref.ReferenceType[Any]"] = {}
+_PENDING_LOCK = threading.Lock()
+
+
+def _drop_pending(owner: Any = None) -> None:
+    """Removes the pending temporaries of owner, and of writers that are
+    gone."""
+    with _PENDING_LOCK:
+        for path, ref in list(_PENDING.items()):
+            writer = ref()
+            if writer is None or writer is owner:
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    pass
+                del _PENDING[path]
+
+
 def _state_pattern(weights_name: str) -> "re.Pattern[str]":
     stem, ext = os.path.splitext(weights_name)
     return re.compile(re.escape(stem) + r"-dcp-state-[0-9a-f]{8}"
@@ -394,6 +421,7 @@ class SafetensorsStorageWriter(StorageWriter):
             self.path = os.fspath(checkpoint_id)
         self.save_id = secrets.token_hex(8)
         self._layout = None
+        _drop_pending(self)  # what this writer's failed save left
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any,
                               **kwargs: Any) -> None:
@@ -464,6 +492,7 @@ class SafetensorsStorageWriter(StorageWriter):
                              tensor_name=name)
         directory = self.path
         os.makedirs(directory, exist_ok=True)
+        _drop_pending()
         _remove_stale_tmps(directory)
         layout = self._lay_out(directory, tensors)
         layout["values"] = values
@@ -560,6 +589,8 @@ class SafetensorsStorageWriter(StorageWriter):
         phase()
         for tmp, final in files:
             os.replace(tmp, os.path.join(directory, final))
+            with _PENDING_LOCK:
+                _PENDING.pop(tmp, None)
             phase()
         if self.fsync:
             _fsync_dir(directory)
@@ -677,6 +708,8 @@ class SafetensorsStorageWriter(StorageWriter):
                 directory, f".{fname}.dcp-{tag}-{os.getpid()}-"
                            f"{secrets.token_hex(4)}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with _PENDING_LOCK:
+                _PENDING[tmp] = weakref.ref(self)
             try:
                 os.ftruncate(fd, file_size)
                 _pwrite_full(fd, [memoryview(header)], 0)
@@ -860,6 +893,14 @@ class SafetensorsStorageReader(StorageReader):
                 raise make_error(SafetensorFileNotFoundError,
                                  f"file {fname} of the checkpoint {self.path} "
                                  f"does not exist", 3) from None
+            except SafetensorError as e:
+                if not str(e).startswith("unknown dtype"):
+                    raise
+                raise make_error(SafetensorUnsupportedDtypeError,
+                                 f"{fname}: unknown dtype (not in the "
+                                 f"safetensors dtype table)", e.status,
+                                 tensor_name=e.tensor_name,
+                                 offset=e.offset) from e
             try:
                 md = f.metadata() or {}
                 offsets = _hf_offsets(md, fname)

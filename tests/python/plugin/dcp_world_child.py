@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 import warnings
 from datetime import timedelta
@@ -62,7 +63,8 @@ def bounds(n: int, world: int, r: int) -> Tuple[int, int]:
 def local_of(full: torch.Tensor, dim: int, mesh: DeviceMesh) -> torch.Tensor:
     r = mesh.get_coordinate()[0]
     s, e = bounds(full.shape[dim], mesh.size(), r)
-    return full.narrow(dim, s, e - s).contiguous()
+    return full.narrow(dim, s, e - s).clone(
+        memory_format=torch.contiguous_format)
 
 
 def sharded(full: torch.Tensor, dim: int, mesh: DeviceMesh) -> DTensor:
@@ -246,6 +248,12 @@ def check_pickle_refused(c: Ctx) -> None:
             raise AssertionError(f"saved {bad!r}")
         dist.barrier()
     assert visible(c.path("state")) == before
+    # the next save removes what the failed ones left
+    dcp.save({"w": sharded(rand(torch.float32, (6, 2), 5), 0, c.mesh),
+              "trainer": {"step": 1234}},
+             storage_writer=SafetensorsStorageWriter(c.path("state")))
+    assert all(not n.endswith(".tmp") for n in os.listdir(c.path("state"))), \
+        os.listdir(c.path("state"))
     out = {"w": empty_like_sharded(rand(torch.float32, (6, 2), 5), 0, c.mesh),
            "trainer": {"step": 0}}
     dcp.load(out, storage_reader=SafetensorsStorageReader(c.path("state")))
@@ -278,6 +286,258 @@ def check_bytes_read_share(c: Ctx) -> None:
         reader.bytes_read, total, c.world, chunk)
 
 
+def make_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.ReLU(),
+                               torch.nn.Linear(24, 12), torch.nn.ReLU(),
+                               torch.nn.Linear(12, 10))
+
+
+def fsdp2(seed: int, mesh: DeviceMesh) -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+    m = make_model(seed)
+    for layer in (m[0], m[2], m[4]):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(m, mesh=mesh)
+    return m
+
+
+def tp(seed: int, mesh: DeviceMesh) -> torch.nn.Module:
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel, RowwiseParallel, parallelize_module)
+    m = make_model(seed)
+    parallelize_module(m, mesh, {"0": ColwiseParallel(),
+                                 "2": RowwiseParallel(),
+                                 "4": ColwiseParallel(use_local_output=False)})
+    return m
+
+
+def assert_model_equals(sd: Dict[str, Any], want: Dict[str, torch.Tensor],
+                        placements: str) -> None:
+    assert set(sd) == set(want), (sorted(sd), sorted(want))
+    for k, v in sd.items():
+        assert isinstance(v, DTensor), k
+        if k.endswith("weight"):
+            assert placements in str(v.placements), (k, v.placements)
+        assert torch.equal(v.full_tensor(), want[k]), k
+
+
+def check_fsdp2_to_tp(c: Ctx) -> None:
+    want = make_model(7).state_dict()
+    src = fsdp2(7, c.mesh)
+    dcp.save(src.state_dict(), storage_writer=SafetensorsStorageWriter(
+        c.path("fsdp2")))
+    dst = tp(99, c.mesh)
+    sd = dst.state_dict()
+    dcp.load(sd, storage_reader=SafetensorsStorageReader(c.path("fsdp2")))
+    assert_model_equals(dst.state_dict(), want, "Shard")
+    # the loaded TP model computes what the original does
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(1))
+    ref = make_model(7)(x)
+    got = dst(x)
+    got = got.full_tensor() if isinstance(got, DTensor) else got
+    assert torch.allclose(got, ref, atol=1e-5), (got, ref)
+
+
+def check_tp_to_fsdp2(c: Ctx) -> None:
+    want = make_model(8).state_dict()
+    src = tp(8, c.mesh)
+    dcp.save(src.state_dict(), storage_writer=SafetensorsStorageWriter(
+        c.path("tp")))
+    dst = fsdp2(98, c.mesh)
+    dcp.load(dst.state_dict(), storage_reader=SafetensorsStorageReader(
+        c.path("tp")))
+    assert_model_equals(dst.state_dict(), want, "Shard(dim=0)")
+
+
+def check_async_save(c: Ctx) -> None:
+    full = model_state(3)
+    sd: Dict[str, Any] = {k: sharded(v, 0, c.mesh) for k, v in full.items()}
+    sd["step"] = 77
+    fut = dcp.async_save(sd, storage_writer=SafetensorsStorageWriter(
+        c.path("async")))
+    fut.result()
+    out: Dict[str, Any] = {k: empty_like_sharded(v, 0, c.mesh)
+                           for k, v in full.items()}
+    out["step"] = 0
+    dcp.load(out, storage_reader=SafetensorsStorageReader(c.path("async")))
+    assert out["step"] == 77
+    for k, v in full.items():
+        assert same_bytes(out[k].to_local(), local_of(v, 0, c.mesh)), k
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(11)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=40,
+                      num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=32,
+                      tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def check_transformers_save_pretrained_into_dtensors(c: Ctx) -> None:
+    model = tiny_llama()
+    path = c.path("hf_pretrained")
+    if c.rank == 0:
+        model.save_pretrained(path, max_shard_size="20KB")
+    dist.barrier()
+    assert os.path.isfile(os.path.join(path, "model.safetensors.index.json"))
+    full = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    dims = {k: (1 if k.endswith("o_proj.weight") else 0) for k in full}
+    out = {k: empty_like_sharded(v, dims[k], c.mesh) for k, v in full.items()}
+    reader = SafetensorsStorageReader(path)
+    dcp.load(out, storage_reader=reader)
+    for k, v in full.items():
+        assert torch.equal(out[k].to_local(), local_of(v, dims[k], c.mesh)), k
+    total = sum(v.numel() * v.element_size() for v in full.values())
+    chunk = max(v.numel() * v.element_size() for v in full.values())
+    assert reader.bytes_read <= total // c.world + chunk
+    # and one file, as a single-file checkpoint
+    if c.rank == 0:
+        model.save_pretrained(c.path("hf_single"))
+    dist.barrier()
+    out = {k: empty_like_sharded(v, 0, c.mesh) for k, v in full.items()}
+    dcp.load(out, storage_reader=SafetensorsStorageReader(
+        c.path("hf_single/model.safetensors")))
+    for k, v in full.items():
+        assert torch.equal(out[k].to_local(), local_of(v, 0, c.mesh)), k
+
+
+def check_ours_loads_in_from_pretrained(c: Ctx) -> None:
+    from transformers import AutoModelForCausalLM
+    model = tiny_llama()
+    full = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    path = c.path("for_hf")
+    if c.rank == 0:
+        os.makedirs(path, exist_ok=True)
+        model.config.save_pretrained(path)
+    dist.barrier()
+    dcp.save({k: sharded(v, 0, c.mesh) for k, v in full.items()},
+             storage_writer=SafetensorsStorageWriter(path,
+                                                     max_shard_size="20KB"))
+    if c.rank == 0:
+        loaded = AutoModelForCausalLM.from_pretrained(path)
+        got = loaded.state_dict()
+        assert set(got) == set(full)
+        for k, v in full.items():
+            assert torch.equal(got[k], v), k
+        # every file: __metadata__ present, header 8-byte aligned
+        for name in os.listdir(path):
+            if name.endswith(".safetensors"):
+                with open(os.path.join(path, name), "rb") as fh:
+                    n = int.from_bytes(fh.read(8), "little")
+                    head = json.loads(fh.read(n))
+                assert n % 8 == 0, (name, n)
+                assert head["__metadata__"]["format"] == "pt", name
+
+
+def check_torch_hf_reader_reads_ours(c: Ctx) -> None:
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    full = {"a": rand(torch.float32, (8, 6), 400),
+            "b": rand(torch.bfloat16, (5, 3), 401),
+            "c": torch.arange(12, dtype=torch.int32).reshape(4, 3),
+            "d": rand(torch.float16, (9,), 402)}
+    path = c.path("for_torch_hf")
+    dcp.save({k: sharded(v, 0, c.mesh) for k, v in full.items()},
+             storage_writer=SafetensorsStorageWriter(path,
+                                                     max_shard_size=200))
+    out = {k: empty_like_sharded(v, 0, c.mesh) for k, v in full.items()}
+    dcp.load(out, storage_reader=HuggingFaceStorageReader(path))
+    for k, v in full.items():
+        assert same_bytes(out[k].to_local(), local_of(v, 0, c.mesh)), k
+
+
+def check_ours_reads_torch_hf_writer(c: Ctx) -> None:
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+    full = {"a": rand(torch.float32, (8, 6), 500),
+            "b": rand(torch.bfloat16, (5, 3), 501),
+            "c": rand(torch.float16, (9, 4), 502)}
+    dims = {"a": 0, "b": 0, "c": 1}
+    for name, kwargs in (("consolidated", {"enable_consolidation": True}),
+                         ("per_rank", {})):
+        path = c.path(f"torch_hf_{name}")
+        dcp.save({k: sharded(v, dims[k], c.mesh) for k, v in full.items()},
+                 storage_writer=HuggingFaceStorageWriter(
+                     path, save_distributed=True, **kwargs))
+        # loaded with the other split: rows where it was saved by columns
+        out = {k: empty_like_sharded(v, 1 - dims[k], c.mesh)
+               for k, v in full.items()}
+        reader = SafetensorsStorageReader(path)
+        dcp.load(out, storage_reader=reader)
+        for k, v in full.items():
+            assert same_bytes(out[k].to_local(),
+                              local_of(v, 1 - dims[k], c.mesh)), (name, k)
+
+
+# --------------------------------------------------------------------------
+# world 4 checks: saved by 4 ranks, loaded by 4, 2 and 3
+# --------------------------------------------------------------------------
+
+def w4_state() -> Dict[str, torch.Tensor]:
+    return {
+        "emb": rand(torch.float32, (10, 8), 600),     # 3,3,3,1 rows
+        "short": rand(torch.bfloat16, (3, 5), 601),   # an empty rank
+        "wide": rand(torch.float32, (6, 17), 602),
+        "fp8": rand(torch.float8_e4m3fn, (12, 4), 603),
+        "vec": rand(torch.int64, (13,), 604),
+    }
+
+
+W4_DIMS = {"emb": 0, "short": 0, "wide": 1, "fp8": 0, "vec": 0}
+
+
+def check_w4_save_and_load(c: Ctx) -> None:
+    full = w4_state()
+    sd: Dict[str, Any] = {k: sharded(v, W4_DIMS[k], c.mesh)
+                          for k, v in full.items()}
+    sd["opt"] = {"step": 9, "betas": [0.9, 0.95]}
+    dcp.save(sd, storage_writer=SafetensorsStorageWriter(
+        c.path("w4"), max_shard_size=300))
+    out: Dict[str, Any] = {k: empty_like_sharded(v, W4_DIMS[k], c.mesh)
+                           for k, v in full.items()}
+    out["opt"] = {"step": 0, "betas": []}
+    reader = SafetensorsStorageReader(c.path("w4"))
+    dcp.load(out, storage_reader=reader)
+    assert out["opt"] == {"step": 9, "betas": [0.9, 0.95]}
+    for k, v in full.items():
+        assert same_bytes(out[k].to_local(),
+                          local_of(v, W4_DIMS[k], c.mesh)), k
+    total = sum(v.numel() * v.element_size() for v in full.values())
+    chunk = max(out[k].to_local().numel() * v.element_size()
+                for k, v in full.items())
+    assert reader.bytes_read <= total // c.world + chunk, (
+        reader.bytes_read, total)
+
+
+def reshard_to(c: Ctx, ranks: List[int], dims: Dict[str, int]) -> None:
+    mesh = DeviceMesh("cpu", ranks)  # every rank takes part in creating it
+    if c.rank not in ranks:
+        return
+    full = w4_state()
+    out: Dict[str, Any] = {k: empty_like_sharded(v, dims[k], mesh)
+                           for k, v in full.items()}
+    out["opt"] = {"step": 0, "betas": []}
+    reader = SafetensorsStorageReader(c.path("w4"))
+    dcp.load(out, storage_reader=reader, process_group=mesh.get_group())
+    assert out["opt"] == {"step": 9, "betas": [0.9, 0.95]}
+    for k, v in full.items():
+        assert same_bytes(out[k].to_local(), local_of(v, dims[k], mesh)), k
+    total = sum(v.numel() * v.element_size() for v in full.values())
+    chunk = max(out[k].to_local().numel() * v.element_size()
+                for k, v in full.items())
+    assert reader.bytes_read <= total // len(ranks) + chunk
+
+
+def check_w4_reshard_to_2(c: Ctx) -> None:
+    reshard_to(c, [0, 1], W4_DIMS)
+
+
+def check_w4_reshard_to_3_other_dims(c: Ctx) -> None:
+    reshard_to(c, [0, 1, 2], {k: 1 - d if k != "vec" else 0
+                              for k, d in W4_DIMS.items()})
+
+
 CHECKS: Dict[str, List[Tuple[str, Callable[[Ctx], None]]]] = {
     "w2": [
         ("roundtrip", check_roundtrip),
@@ -285,6 +545,19 @@ CHECKS: Dict[str, List[Tuple[str, Callable[[Ctx], None]]]] = {
         ("non_tensor_state", check_non_tensor_state),
         ("pickle_refused", check_pickle_refused),
         ("bytes_read_share", check_bytes_read_share),
+        ("fsdp2_to_tp", check_fsdp2_to_tp),
+        ("tp_to_fsdp2", check_tp_to_fsdp2),
+        ("async_save", check_async_save),
+        ("transformers_save_pretrained_into_dtensors",
+         check_transformers_save_pretrained_into_dtensors),
+        ("ours_loads_in_from_pretrained", check_ours_loads_in_from_pretrained),
+        ("torch_hf_reader_reads_ours", check_torch_hf_reader_reads_ours),
+        ("ours_reads_torch_hf_writer", check_ours_reads_torch_hf_writer),
+    ],
+    "w4": [
+        ("save_and_load", check_w4_save_and_load),
+        ("reshard_to_2", check_w4_reshard_to_2),
+        ("reshard_to_3_other_dims", check_w4_reshard_to_3_other_dims),
     ],
 }
 
@@ -298,14 +571,18 @@ def main() -> None:
     c = Ctx(rank, world, work)
     results: Dict[str, str] = {}
     for name, fn in CHECKS[scenario]:
+        start = time.monotonic()
         try:
             fn(c)
             results[name] = "ok"
         except BaseException:  # noqa: B036 - CheckpointException too
             results[name] = traceback.format_exc()
+        print(f"rank {rank}: {name}: {time.monotonic() - start:.2f} s",
+              flush=True)
+        # written after every check, so a later hang still reports it
+        with open(f"{out}.{rank}", "w", encoding="utf-8") as fh:
+            json.dump(results, fh)
         dist.barrier()
-    with open(f"{out}.{rank}", "w", encoding="utf-8") as fh:
-        json.dump(results, fh)
     dist.destroy_process_group()
 
 

@@ -26,7 +26,8 @@ def run_world(scenario: str, world: int, work) -> dict:
     work = str(work)
     store = os.path.join(work, "store")
     out = os.path.join(work, "result")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1")
     procs = [subprocess.Popen(
         [sys.executable, os.path.join(_HERE, "dcp_world_child.py"), scenario,
          str(r), str(world), store, work, out],
@@ -67,3 +68,13 @@ def world2(tmp_path_factory):
 @pytest.mark.parametrize("check", [n for n, _ in child.CHECKS["w2"]])
 def test_world2(world2, check):
     assert_check(world2, check)
+
+
+@pytest.fixture(scope="module")
+def world4(tmp_path_factory):
+    return run_world("w4", 4, tmp_path_factory.mktemp("w4"))
+
+
+@pytest.mark.parametrize("check", [n for n, _ in child.CHECKS["w4"]])
+def test_world4(world4, check):
+    assert_check(world4, check)
