@@ -412,6 +412,7 @@ class SafetensorsStorageWriter(StorageWriter):
         self.rank = 0
         self.save_id: Optional[str] = None
         self._layout: Optional[Dict[str, Any]] = None
+        self._phases: Optional[_Phases] = None
 
     # -- the StorageWriter interface ---------------------------------------
 
@@ -421,6 +422,7 @@ class SafetensorsStorageWriter(StorageWriter):
             self.path = os.fspath(checkpoint_id)
         self.save_id = secrets.token_hex(8)
         self._layout = None
+        self._phases = None
         _drop_pending(self)  # what this writer's failed save left
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any,
@@ -497,6 +499,7 @@ class SafetensorsStorageWriter(StorageWriter):
         layout = self._lay_out(directory, tensors)
         layout["values"] = values
         self._layout = layout
+        self._phase()
         placements = layout["placements"]
         out = []
         for plan in plans:
@@ -577,7 +580,7 @@ class SafetensorsStorageWriter(StorageWriter):
             for r in rank_results:
                 if isinstance(r.storage_data, _StoredValue):
                     values[r.index.fqn] = r.storage_data.text
-        phase = _Phases()
+        phase = self._phase
         files: List[Tuple[str, str]] = layout["files"]  # (tmp, final)
         for tmp, _ in files:
             if self.fsync:
@@ -648,6 +651,7 @@ class SafetensorsStorageWriter(StorageWriter):
         if removed and self.fsync:
             _fsync_dir(directory)
         self._layout = None
+        self._phases = None
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Union[str, os.PathLike]
@@ -659,6 +663,13 @@ class SafetensorsStorageWriter(StorageWriter):
         return "://" not in str(path) and not os.path.isfile(path)
 
     # -- internals ---------------------------------------------------------
+
+    def _phase(self) -> None:
+        """A point where the crash tests stop the save (sharded._Phases:
+        TORCH_SAFETENSORS_TEST_STOP_AT), counted over the whole save."""
+        if self._phases is None:
+            self._phases = _Phases()
+        self._phases()
 
     def _lay_out(self, directory: str,
                  tensors: Dict[str, Tuple[torch.dtype, Tuple[int, ...]]]
@@ -762,6 +773,7 @@ class SafetensorsStorageWriter(StorageWriter):
                 with ThreadPoolExecutor(min(self.threads, len(jobs))) as ex:
                     for f in [ex.submit(_pwrite_full, *job) for job in jobs]:
                         f.result()
+            self._phase()
             if self.fsync:
                 for fd in fds.values():
                     os.fsync(fd)
