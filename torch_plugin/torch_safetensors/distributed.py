@@ -96,7 +96,6 @@ from .errors import (
     make_error,
 )
 from .sharded import (
-    INDEX_NAME,
     WEIGHTS_NAME,
     _check_shard_name,
     _find_index,
@@ -402,7 +401,13 @@ class SafetensorsStorageWriter(StorageWriter):
         self.max_shard_size = parse_size(max_shard_size)
         self.metadata = _check_user_metadata(metadata)
         self.fsync = bool(fsync)
-        self.weights_name = _check_shard_name(weights_name, "weights_name")
+        if not isinstance(weights_name, str) or not weights_name.endswith(
+                ".safetensors") or os.path.basename(weights_name) != \
+                weights_name or weights_name.startswith("."):
+            raise make_error(SafetensorValueError,
+                             f"weights_name must be a plain file name ending "
+                             f"in .safetensors, not {weights_name!r}")
+        self.weights_name = weights_name
         if isinstance(threads, bool) or not isinstance(threads, int) \
                 or threads < 1:
             raise make_error(SafetensorValueError,
@@ -519,7 +524,8 @@ class SafetensorsStorageWriter(StorageWriter):
         placements: Dict[str, _Placement] = (
             plan.storage_data or {}).get("placements", {})
         results: List[WriteResult] = []
-        writes: Dict[str, List[Tuple[int, Any, torch.Tensor]]] = {}
+        writes: Dict[str, List[Tuple[int, memoryview]]] = {}
+        owners: List[torch.Tensor] = []
         for item in plan.items:
             fqn = item.index.fqn
             if item.type == WriteItemType.BYTE_IO:
@@ -549,16 +555,21 @@ class SafetensorsStorageWriter(StorageWriter):
             run, starts = _runs(where.size, chunk.offsets, chunk.sizes)
             nbytes = run * where.itemsize
             if nbytes:
-                base = t.data_ptr()
+                # one view of the chunk's bytes, sliced per run; owners
+                # keeps the tensor alive until the writes are done
+                whole = memoryview((ctypes.c_char * (nbytes * len(starts)))
+                                   .from_address(t.data_ptr())).cast("B")
+                owners.append(t)
                 pieces = writes.setdefault(where.path, [])
                 for k, start in enumerate(starts):
                     pieces.append((where.base + start * where.itemsize,
-                                   base + k * nbytes, nbytes, t))
+                                   whole[k * nbytes:(k + 1) * nbytes]))
             results.append(WriteResult(
                 index=item.index,
                 size_in_bytes=len(starts) * nbytes,
                 storage_data=(where.file, tuple(chunk.offsets))))
         self._pwrite_all(writes)
+        del owners
         fut: Future = Future()
         fut.set_result(results)
         return fut
@@ -737,11 +748,11 @@ class SafetensorsStorageWriter(StorageWriter):
                 "weight_map": weight_map, "total_size": total, "old": old,
                 "state_name": state_name}
 
-    def _pwrite_all(self, writes: Dict[str, List[Tuple[int, int, int, Any]]]
+    def _pwrite_all(self, writes: Dict[str, List[Tuple[int, memoryview]]]
                     ) -> None:
-        """Every (file offset, address, nbytes) piece, gathered into
-        os.pwritev calls of pieces adjacent in the file, on a few threads;
-        then each file is fsynced."""
+        """Every (file offset, bytes) piece, gathered into os.pwritev calls
+        of pieces adjacent in the file, on a few threads; then each file is
+        fsynced."""
         jobs = []
         fds = {}
         try:
@@ -752,9 +763,8 @@ class SafetensorsStorageWriter(StorageWriter):
                 batch: List[memoryview] = []
                 start = end = -1
                 size = 0
-                for off, addr, nbytes, _owner in pieces:
-                    view = memoryview((ctypes.c_char * nbytes).from_address(
-                        addr)).cast("B")
+                for off, view in pieces:
+                    nbytes = len(view)
                     if batch and (off != end or len(batch) >= _MAX_IOV
                                   or size + nbytes > _MAX_WRITE):
                         jobs.append((fd, batch, start))
@@ -767,11 +777,21 @@ class SafetensorsStorageWriter(StorageWriter):
                 if batch:
                     jobs.append((fd, batch, start))
             if len(jobs) <= 1 or self.threads == 1:
-                for job in jobs:
-                    _pwrite_full(*job)
+                _pwrite_jobs(jobs)
             else:
-                with ThreadPoolExecutor(min(self.threads, len(jobs))) as ex:
-                    for f in [ex.submit(_pwrite_full, *job) for job in jobs]:
+                # a few threads, each with a run of jobs of about equal bytes
+                # (one future per thread, not per job: a column shard is one
+                # job per row)
+                n = min(self.threads, len(jobs))
+                total = sum(sum(len(v) for v in job[1]) for job in jobs)
+                groups: List[list] = [[] for _ in range(n)]
+                acc = 0
+                for job in jobs:
+                    k = min(n - 1, acc * n // max(total, 1))
+                    groups[k].append(job)
+                    acc += sum(len(v) for v in job[1])
+                with ThreadPoolExecutor(n) as ex:
+                    for f in [ex.submit(_pwrite_jobs, g) for g in groups]:
                         f.result()
             self._phase()
             if self.fsync:
@@ -780,6 +800,11 @@ class SafetensorsStorageWriter(StorageWriter):
         finally:
             for fd in fds.values():
                 os.close(fd)
+
+
+def _pwrite_jobs(jobs: List[Tuple[int, List[memoryview], int]]) -> None:
+    for job in jobs:
+        _pwrite_full(*job)
 
 
 def _pwrite_full(fd: int, views: List[memoryview], offset: int) -> None:
