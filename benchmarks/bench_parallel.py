@@ -20,9 +20,11 @@ result touched after loading):
   coop    Cooperative loading: W ranks (W = 2 and 4, real processes, gloo on the CPU) each load
           every tensor of the same file whole: independently (each rank reads every byte) and
           cooperatively (load_parallel(..., group=WORLD): each reads 1/W and the ranks
-          broadcast), with the page cache warm, and with the file's pages dropped before each
-          round (posix_fadvise(POSIX_FADV_DONTNEED) on the file, after a barrier). Time =
-          barrier to barrier, rank 0's clock.
+          broadcast), with the page cache warm ("warm", mmap backend), with the file's pages
+          dropped before each round ("cold": posix_fadvise(POSIX_FADV_DONTNEED) on the file,
+          after a barrier; mmap backend), and with O_DIRECT reads that bypass the page cache
+          ("direct": pread backend, load_parallel(direct=True); each independent rank then
+          reads the whole file from the device). Time = barrier to barrier, rank 0's clock.
 
 Usage:
   .venv/bin/python benchmarks/bench_parallel.py [--rounds N] [--workloads tp,coop] [--no-write]
@@ -36,6 +38,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -113,13 +116,17 @@ def child_tp(job: dict) -> dict:
     del d
     gc.collect()
     rss0 = C.reset_peak()
+    u0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     d, r = tp_run(c, path, rank)
     t1 = time.perf_counter()
     check = B.touch(d)
     t2 = time.perf_counter()
+    u1 = resource.getrusage(resource.RUSAGE_SELF)
     peak = C.status_bytes("VmHWM") - rss0
     return {"load": t1 - t0, "touch": t2 - t1, "total": t2 - t0, "peak": peak,
+            "cpu": (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime),
+            "sys": u1.ru_stime - u0.ru_stime, "minflt": u1.ru_minflt - u0.ru_minflt,
             "bytes": sum(t.numel() * t.element_size() for t in d.values()),
             "read": r.bytes_read if r is not None else None, "check": check, "rank": rank}
 
@@ -165,8 +172,10 @@ def child_coop(job: dict) -> dict:
                         _fadvise_dontneed(job["path"])
                     dist.barrier()
                     t0 = time.perf_counter()
+                    direct = cache == "direct"
                     out = load_parallel(job["path"], plan,
-                                        group=dist.group.WORLD if m == "cooperative" else None)
+                                        group=dist.group.WORLD if m == "cooperative" else None,
+                                        backend="pread" if direct else "mmap", direct=direct)
                     B.touch(out.tensors)
                     dist.barrier()
                     dt = time.perf_counter() - t0
@@ -244,6 +253,10 @@ def compute_targets(tp: Dict[str, List[dict]], nbytes: dict, file_bytes: int) ->
             q = m(c) / full
             T.append((f"{c}: time <= 1/6 of a full load", f"{c} / full (load + touch)",
                       f"{q:.3f}", f"{1 / 6:.3f}", q <= 1 / 6))
+        if m(c, "cpu") and m("full", "cpu"):
+            T.append((f"(context) {c}: CPU time vs a full load",
+                      f"{c} / full (user + sys of the load + touch)",
+                      f"{m(c, 'cpu') / m('full', 'cpu'):.3f}", "-", None))
     for c in ("col", "col-pread"):
         if m(c) and full:
             T.append((f"(context) {c}: time vs a full load", f"{c} / full (load + touch)",
@@ -253,8 +266,9 @@ def compute_targets(tp: Dict[str, List[dict]], nbytes: dict, file_bytes: int) ->
                 q = m(ref) / m(c)
                 T.append((f"{c}: ahead of the reference's get_slice + touch"
                           + (" (both owned)" if ref.endswith("owned") else
-                             " (the reference's lazy view)"),
-                          f"{ref} / {c} (load + touch)", f"{q:.2f}x", "> 1x", q > 1))
+                             " (context: the reference's lazy view)"),
+                          f"{ref} / {c} (load + touch)", f"{q:.2f}x", "> 1x",
+                          (q > 1) if ref.endswith("owned") else None))
     for kind in ("row", "col", "stage"):
         vals = nbytes.get(kind) or []
         if vals:
@@ -280,20 +294,23 @@ def render(info: dict, args, tp, nbytes, file_bytes, coop, targets) -> str:
         L += ["", f"### Tensor-parallel and pipeline loads, GPT-2-small fp32 "
                   f"({file_bytes / 1e6:.0f} MB of tensors), page cache warm", "",
               "| contender | load + touch, median [min-max] s | vs full | load s | touch s | "
-              "bytes returned | engine bytes read | peak RSS MiB |",
-              "|---|---|---|---|---|---|---|---|"]
+              "CPU s (user + sys) | sys s | minor faults | bytes returned | engine bytes read | "
+              "peak RSS MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in TP_CONTENDERS:
             runs = tp.get(c, [])
             err = C.error_of(runs)
             if err:
-                L.append(f"| {c} | error: {err} | | | | | | |")
+                L.append(f"| {c} | error: {err} | | | | | | | | | |")
                 continue
             t = C.med(runs, "total")
             rd = C.med(runs, "read")
             rd_s = "-" if rd is None else f"{int(rd):,}"
             L.append(f"| {c} | {C.fmt_s(t)} [{C.spread(runs, 'total')}] | "
                      f"{C.fmt_s(C.ratio(t, full))} | {C.fmt_s(C.med(runs, 'load'))} | "
-                     f"{C.fmt_s(C.med(runs, 'touch'))} | {int(C.med(runs, 'bytes') or 0):,} | "
+                     f"{C.fmt_s(C.med(runs, 'touch'))} | {C.fmt_s(C.med(runs, 'cpu'))} | "
+                     f"{C.fmt_s(C.med(runs, 'sys'))} | {int(C.med(runs, 'minflt') or 0):,} | "
+                     f"{int(C.med(runs, 'bytes') or 0):,} | "
                      f"{rd_s} | {C.fmt_mib(C.med(runs, 'peak'))} |")
         L += ["", "Engine bytes read by rank (ranks 0-7): " + "; ".join(
             f"{k}: {', '.join(f'{v:,}' for v in vals)}" for k, vals in nbytes.items()) + "."]
@@ -324,7 +341,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--workloads", default="tp,coop")
     ap.add_argument("--worlds", default="2,4")
-    ap.add_argument("--caches", default="warm,cold")
+    ap.add_argument("--caches", default="warm,cold,direct")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", help=argparse.SUPPRESS)

@@ -75,7 +75,9 @@ Reads
     plan replicates. Results are owned CPU tensors (the file is closed
     before :func:`load_parallel` returns). ``backend="mmap"`` (default)
     copies out of a mapping; ``"pread"`` reads with positioned reads, one
-    per run (per row of a column shard). ``device`` other than the CPU:
+    per run: a column shard of row-major weights costs one system call per
+    row (115,897 ``pread`` calls for one rank's column shard of GPT-2
+    small), which is what bounds it, so prefer the mmap backend there. ``device`` other than the CPU:
     the tensors are read into CPU memory and moved with ``.to(device)``;
     the device engine (direct reads into device memory) has not landed.
 
@@ -101,16 +103,25 @@ Cooperative loading
     bytes (whole rows of dimension 0) into one shared buffer, and the ranks
     exchange their parts with ``torch.distributed.broadcast`` (process-group
     collectives only, no protocol of our own). Every rank of the group must
-    select the same whole tensors (checked with an ``all_reduce``). The
-    whole tensors then share one storage. Measured on this project's
-    2-core benchmark machine (benchmarks/RESULTS.md, section "parallel"):
-    with gloo on the CPU it is slower than every rank reading the bytes
-    itself, with the page cache warm and with the file's pages dropped,
-    because the ranks of one node share the page cache (the file comes off
-    the disk once either way) and a loopback broadcast costs more than a
-    copy out of the page cache. It is off by default; it can only pay where
-    each rank's reads do not share a cache (O_DIRECT, network filesystems
-    without client caching) and the interconnect beats the storage.
+    select the same whole tensors (checked with an ``all_reduce``; else
+    :class:`ParallelGroupError` on every rank). The whole tensors then share
+    one storage. Off by default. When it pays, measured on one 2-core node
+    with gloo on the CPU, W = 2 and 4 ranks each loading a 498 MB file
+    (benchmarks/RESULTS.md, section "parallel"):
+
+    * reads through the page cache (the mmap backend, or pread without
+      ``direct``), cache warm or the file's pages dropped: **slower**, 2.4x
+      to 2.7x the time of every rank reading every byte itself. The ranks of
+      a node share the page cache, so the file comes off the device once
+      either way, and a loopback broadcast costs more than a copy out of the
+      page cache;
+    * reads that bypass the page cache (``backend="pread", direct=True``:
+      O_DIRECT): **faster**, 0.29x (W = 2) and 0.44x (W = 4) of independent
+      O_DIRECT reads, since each independent rank must fetch every byte from
+      the device. The same reasoning would apply wherever ranks do not
+      share a cache (network filesystems without client caching) and the
+      interconnect beats the storage; not measured here. On this machine a plain warm or cold buffered load
+      was still faster than either O_DIRECT variant.
 """
 
 from __future__ import annotations
@@ -1002,10 +1013,12 @@ class _Reader:
         self.after.append(concat)
         return t
 
-    def run(self, threads: int) -> int:
+    def run(self, threads: int, flags: int) -> int:
         read = 0
         if self.items:
-            stats = self.f._read_many(self.items, threads=threads)
+            # Fresh destinations: huge pages where they are big enough.
+            stats = self.f._read_many(self.items, threads=threads,
+                                      flags=flags)
             read = int(stats["bytes_read"])
         for fn in self.after:
             fn()
@@ -1025,7 +1038,7 @@ def _open_checkpoint(source: PathLike, backend: str) -> ShardedCheckpoint:
 def load_parallel(source: PathLike, plan: ShardPlan, *,
                   device: Union[str, int, torch.device] = "cpu",
                   backend: str = "mmap", threads: int = 0,
-                  group: Any = None) -> ParallelLoad:
+                  group: Any = None, direct: bool = False) -> ParallelLoad:
     """Loads this rank's part of a checkpoint, as ``plan`` says.
 
     Args:
@@ -1040,6 +1053,11 @@ def load_parallel(source: PathLike, plan: ShardPlan, *,
             ``torch.distributed.group.WORLD``) to read the plan's whole
             tensors cooperatively (module docs, "Cooperative loading"); off
             (``None``) by default, and measured slower on one node.
+        direct: with ``backend="pread"``, read with ``O_DIRECT``, past the
+            page cache (a filesystem that refuses it, e.g. tmpfs, gets
+            buffered reads). Whole 4 KiB blocks are read, so a column shard
+            then reads (and counts in ``bytes_read``) the blocks its rows lie
+            in. Ignored by the mmap backend.
 
     Returns a :class:`ParallelLoad` (a mapping name -> tensor, with byte
     counters). Raises the plan's errors (:class:`ParallelPlanError`
@@ -1057,6 +1075,9 @@ def load_parallel(source: PathLike, plan: ShardPlan, *,
                    f"{type(plan).__name__}")
     dev = parse_device(device)
     threads = int(threads)
+    # Fresh destinations: huge pages where an entry is big enough (as the
+    # plugin's owned loads); O_DIRECT only means something for pread.
+    flags = _C.EXEC_HUGEPAGES | (_C.EXEC_DIRECT if direct else 0)
     out = ParallelLoad()
     with _open_checkpoint(source, backend) as ckpt:
         weight_map = ckpt.weight_map
@@ -1097,11 +1118,11 @@ def load_parallel(source: PathLike, plan: ShardPlan, *,
                 results[n] = rd.pieces(k, info, d, pieces)
             readers.append((fname, rd))
         for fname, rd in readers:
-            got = rd.run(threads)
+            got = rd.run(threads, flags)
             out.bytes_by_file[fname] = out.bytes_by_file.get(fname, 0) + got
             out.bytes_read += got
         if group is not None:
-            got = _cooperative(whole, group, threads, results)
+            got = _cooperative(whole, group, threads, flags, results)
             for fname, n in got.items():
                 out.bytes_by_file[fname] = out.bytes_by_file.get(fname, 0) + n
                 out.bytes_read += n
@@ -1123,7 +1144,7 @@ _ALIGN = 64
 
 
 def _cooperative(whole: List[Tuple[str, "_C.File", int, Any]], group: Any,
-                 threads: int, results: Dict[str, torch.Tensor]
+                 threads: int, flags: int, results: Dict[str, torch.Tensor]
                  ) -> Dict[str, int]:
     """Reads the whole tensors, 1/W of their bytes on each rank of group,
     into one buffer that broadcasts complete; fills results; returns this
@@ -1178,7 +1199,7 @@ def _cooperative(whole: List[Tuple[str, "_C.File", int, Any]], group: Any,
                     (item[0], base + a) + item[1:])
     got: Dict[str, int] = {}
     for f, items in reads.values():
-        stats = f._read_many(items, threads=threads)
+        stats = f._read_many(items, threads=threads, flags=flags)
         name = os.path.basename(f.name) if f.name else "?"
         got[name] = got.get(name, 0) + int(stats["bytes_read"])
     for r in range(world):
