@@ -940,6 +940,7 @@ class SafetensorsStorageReader(StorageReader):
                                  offset=e.offset) from e
             try:
                 md = f.metadata() or {}
+                _check_version(md, fname)
                 offsets = _hf_offsets(md, fname)
                 names = set()
                 for info in f.tensors():
@@ -1149,6 +1150,17 @@ def _directory_files(directory: str) -> Tuple[str, Dict[str, Optional[set]]]:
     return directory, {e: None for e in found}
 
 
+def _check_version(md: Dict[str, str], fname: str) -> None:
+    """A file written by a later version of this layout is refused rather
+    than guessed at (docs/DCP.md, "Versions")."""
+    version = md.get(VERSION_KEY)
+    if version is not None and version != FORMAT_VERSION:
+        raise make_error(SafetensorCheckpointError,
+                         f"{fname}: {VERSION_KEY} is {version!r}; this "
+                         f"reader knows version {FORMAT_VERSION}",
+                         ST_ERR_UNSUPPORTED)
+
+
 def _hf_offsets(md: Dict[str, str], fname: str) -> Dict[str, List[int]]:
     """Chunk offsets torch's HuggingFaceStorageWriter(save_distributed=True)
     records per tensor of a rank file; {} for a file of full tensors."""
@@ -1221,6 +1233,7 @@ def _read_state(directory: str, fname: str) -> Dict[str, str]:
         md = f.metadata() or {}
     finally:
         f.close()
+    _check_version(md, fname)
     out = {}
     for k, v in md.items():
         if k.startswith(STATE_PREFIX):

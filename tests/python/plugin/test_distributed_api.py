@@ -258,3 +258,10 @@ def test_pread_backend_and_checkpoint_id(tmp_path):
         tmp_path / "elsewhere", backend="pread"),
         checkpoint_id=tmp_path / "c", no_dist=True)
     assert torch.equal(out["w"].view(torch.uint8), sd["w"].view(torch.uint8))
+
+
+def test_a_later_layout_version_is_refused(tmp_path):
+    save_file({"w": torch.ones(2)}, tmp_path / "m.safetensors",
+              metadata={"format": "pt", VERSION_KEY: "2"})
+    with pytest.raises(SafetensorCheckpointError, match="version"):
+        SafetensorsStorageReader(tmp_path / "m.safetensors").read_metadata()
