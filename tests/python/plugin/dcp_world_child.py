@@ -413,10 +413,13 @@ def check_ours_loads_in_from_pretrained(c: Ctx) -> None:
         os.makedirs(path, exist_ok=True)
         model.config.save_pretrained(path)
     dist.barrier()
-    dcp.save({k: sharded(v, 0, c.mesh) for k, v in full.items()},
-             storage_writer=SafetensorsStorageWriter(path,
-                                                     max_shard_size="20KB"))
+    sd: Dict[str, Any] = {k: sharded(v, 0, c.mesh) for k, v in full.items()}
+    sd["trainer_step"] = 12  # a state file beside the shards
+    dcp.save(sd, storage_writer=SafetensorsStorageWriter(
+        path, max_shard_size="20KB"))
     if c.rank == 0:
+        with open(os.path.join(path, "model.safetensors.index.json")) as fh:
+            assert "torch_safetensors.dcp.state" in json.load(fh)["metadata"]
         loaded = AutoModelForCausalLM.from_pretrained(path)
         got = loaded.state_dict()
         assert set(got) == set(full)
@@ -439,9 +442,10 @@ def check_torch_hf_reader_reads_ours(c: Ctx) -> None:
             "c": torch.arange(12, dtype=torch.int32).reshape(4, 3),
             "d": rand(torch.float16, (9,), 402)}
     path = c.path("for_torch_hf")
-    dcp.save({k: sharded(v, 0, c.mesh) for k, v in full.items()},
-             storage_writer=SafetensorsStorageWriter(path,
-                                                     max_shard_size=200))
+    sd: Dict[str, Any] = {k: sharded(v, 0, c.mesh) for k, v in full.items()}
+    sd["epoch"] = 3  # torch's reader lists the state file too: no tensors
+    dcp.save(sd, storage_writer=SafetensorsStorageWriter(path,
+                                                         max_shard_size=200))
     out = {k: empty_like_sharded(v, 0, c.mesh) for k, v in full.items()}
     dcp.load(out, storage_reader=HuggingFaceStorageReader(path))
     for k, v in full.items():
