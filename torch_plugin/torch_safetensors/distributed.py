@@ -894,9 +894,13 @@ class SafetensorsStorageReader(StorageReader):
             raise make_error(SafetensorValueError,
                              f"backend must be \"mmap\" or \"pread\", not "
                              f"{backend!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) \
+                or threads < 0:
+            raise make_error(SafetensorValueError,
+                             f"threads must be an int >= 0, not {threads!r}")
         self.path = os.fspath(path)
         self.backend = backend
-        self.threads = int(threads)
+        self.threads = threads
         self.bytes_read = 0
         self.storage_data: Dict[MetadataIndex, Any] = {}
         self.load_id: Optional[str] = None

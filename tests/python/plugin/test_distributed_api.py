@@ -236,6 +236,10 @@ def test_writer_options_are_checked(tmp_path):
         SafetensorsStorageWriter(tmp_path, threads=0)
     with pytest.raises(SafetensorValueError):
         SafetensorsStorageReader(tmp_path, backend="magic")
+    with pytest.raises(SafetensorValueError):
+        SafetensorsStorageReader(tmp_path, threads=-1)
+    with pytest.raises(SafetensorValueError, match="weights_name"):
+        SafetensorsStorageWriter(tmp_path, weights_name="../model.safetensors")
     _save({"w": torch.ones(3)}, tmp_path / "m", metadata={"team": "x"})
     from safetensors import safe_open
     with safe_open(str(tmp_path / "m/model-00001-of-00001.safetensors"),
