@@ -101,6 +101,10 @@ from .sharded import (
     _find_index,
     _fsync_dir,
     _in_use,
+    _directory_files,
+    _state_name,
+    _state_pattern,
+    STATE_KEY as _STATE_KEY,
     _Phases,
     _read_index,
     _shard_name,
@@ -122,7 +126,7 @@ KEY_PREFIX = "torch_safetensors.dcp."
 #: In every shard and the state file: the version of this layout, "1".
 VERSION_KEY = KEY_PREFIX + "version"
 #: In the index's "metadata" object: the name of the state file.
-STATE_KEY = KEY_PREFIX + "state"
+STATE_KEY = _STATE_KEY  # "torch_safetensors.dcp.state", named in sharded.py
 #: In the state file's __metadata__: one key per non-tensor value, + its name.
 STATE_PREFIX = KEY_PREFIX + "state."
 FORMAT_VERSION = "1"
@@ -304,23 +308,6 @@ def _drop_pending(owner: Any = None) -> None:
                 except FileNotFoundError:
                     pass
                 del _PENDING[path]
-
-
-def _state_pattern(weights_name: str) -> "re.Pattern[str]":
-    stem, ext = os.path.splitext(weights_name)
-    return re.compile(re.escape(stem) + r"-dcp-state-[0-9a-f]{8}"
-                      + re.escape(ext))
-
-
-def _old_state_file(directory: str, weights_name: str) -> Optional[str]:
-    try:
-        with open(os.path.join(directory, weights_name + ".index.json"),
-                  "rb") as fh:
-            md = json.loads(fh.read().decode("utf-8")).get("metadata")
-        name = md.get(STATE_KEY) if isinstance(md, dict) else None
-    except (OSError, ValueError, AttributeError):
-        return None
-    return name if isinstance(name, str) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -700,17 +687,13 @@ class SafetensorsStorageWriter(StorageWriter):
         if current or not groups:
             groups.append(current)
         old = _in_use(directory, self.weights_name)
-        state = _old_state_file(directory, self.weights_name)
-        if state is not None:
-            old.add(state)
         n = len(groups)
         names = [_shard_name(self.weights_name, k, n) for k in range(1, n + 1)]
         if old.intersection(names):
             token = "-" + secrets.token_hex(4)
             names = [_shard_name(self.weights_name, k, n, token)
                      for k in range(1, n + 1)]
-        stem, ext = os.path.splitext(self.weights_name)
-        state_name = f"{stem}-dcp-state-{secrets.token_hex(4)}{ext}"
+        state_name = _state_name(self.weights_name, secrets.token_hex(4))
         shard_md = {"format": "pt"}
         shard_md.update(self.metadata)
         shard_md[VERSION_KEY] = FORMAT_VERSION
@@ -1116,7 +1099,8 @@ def _checkpoint_files(path: str
     if os.path.isdir(path):
         index_path = _find_index(path)
         if index_path is None:
-            return _directory_files(path)
+            directory = os.path.abspath(path)
+            return directory, {e: None for e in _directory_files(directory)}
         path = index_path
     if not os.path.exists(path):
         raise make_error(SafetensorFileNotFoundError,
@@ -1132,26 +1116,6 @@ def _checkpoint_files(path: str
         return directory, files
     return (os.path.dirname(os.path.abspath(path)),
             {os.path.basename(path): None})
-
-
-def _directory_files(directory: str) -> Tuple[str, Dict[str, Optional[set]]]:
-    """No index: model.safetensors alone when present, else every
-    .safetensors file except shards of model.safetensors and state files
-    (leftovers of an interrupted save)."""
-    directory = os.path.abspath(directory)
-    if os.path.isfile(os.path.join(directory, WEIGHTS_NAME)):
-        return directory, {WEIGHTS_NAME: None}
-    shards = _shard_pattern(WEIGHTS_NAME)
-    states = _state_pattern(WEIGHTS_NAME)
-    found = sorted(e for e in os.listdir(directory)
-                   if e.endswith(".safetensors") and not shards.fullmatch(e)
-                   and not states.fullmatch(e)
-                   and os.path.isfile(os.path.join(directory, e)))
-    if not found:
-        raise make_error(SafetensorFileNotFoundError,
-                         f"{directory} holds no .safetensors file and no "
-                         f"index", 3)
-    return directory, {e: None for e in found}
 
 
 def _check_version(md: Dict[str, str], fname: str) -> None:

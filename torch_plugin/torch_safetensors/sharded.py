@@ -130,6 +130,46 @@ def _shard_pattern(weights_name: str) -> "re.Pattern[str]":
                       + re.escape(ext))
 
 
+#: The index's "metadata" key naming the checkpoint's state file: a
+#: tensor-free file of non-tensor values that torch_safetensors.distributed
+#: writes beside the shards (docs/DCP.md). It belongs to the checkpoint only
+#: through the index.
+STATE_KEY = "torch_safetensors.dcp.state"
+
+
+def _state_name(weights_name: str, token: str) -> str:
+    stem, ext = os.path.splitext(weights_name)
+    return f"{stem}-dcp-state-{token}{ext}"
+
+
+def _state_pattern(weights_name: str) -> "re.Pattern[str]":
+    """State-file names of weights_name (_state_name's)."""
+    stem, ext = os.path.splitext(weights_name)
+    return re.compile(re.escape(stem) + r"-dcp-state-[0-9a-f]{8}"
+                      + re.escape(ext))
+
+
+def _directory_files(directory: str,
+                     weights_name: str = WEIGHTS_NAME) -> List[str]:
+    """The files of the checkpoint in a directory without an index:
+    weights_name alone when it is there; else every .safetensors file except
+    shards and state files of weights_name, which without their index are
+    leftovers of an interrupted save_sharded or DCP save."""
+    if os.path.isfile(os.path.join(directory, weights_name)):
+        return [weights_name]
+    shards = _shard_pattern(weights_name)
+    states = _state_pattern(weights_name)
+    files = sorted(e for e in os.listdir(directory)
+                   if e.endswith(".safetensors")
+                   and not shards.fullmatch(e) and not states.fullmatch(e)
+                   and os.path.isfile(os.path.join(directory, e)))
+    if not files:
+        raise make_error(SafetensorFileNotFoundError,
+                         f"{directory} holds no .safetensors file and no "
+                         f"index", 3)
+    return files
+
+
 #: Test hook: with TORCH_SAFETENSORS_TEST_STOP_AT=N in the environment, a
 #: save stops itself (SIGSTOP) at its N-th phase, so that a test can SIGKILL
 #: it there. Unset, it costs one dictionary lookup per phase.
@@ -158,16 +198,19 @@ def _fsync_dir(directory: str) -> None:
 
 def _in_use(directory: str, weights_name: str) -> set:
     """The files the checkpoint now in directory consists of (its index's
-    shards and the index, or its single file)."""
+    shards, its state file and the index, or its single file)."""
     used = set()
     index_path = os.path.join(directory, weights_name + ".index.json")
     if os.path.isfile(index_path):
         used.add(os.path.basename(index_path))
         try:
             with open(index_path, "rb") as fh:
-                wm = json.loads(fh.read().decode("utf-8")).get("weight_map")
+                index = json.loads(fh.read().decode("utf-8"))
+            wm, md = index.get("weight_map"), index.get("metadata")
             if isinstance(wm, dict):
                 used.update(v for v in wm.values() if isinstance(v, str))
+            if isinstance(md, dict) and isinstance(md.get(STATE_KEY), str):
+                used.add(md[STATE_KEY])
         except (OSError, ValueError, AttributeError):
             pass  # a broken index names nothing we must keep
     if os.path.isfile(os.path.join(directory, weights_name)):
@@ -376,23 +419,13 @@ class ShardedCheckpoint(Mapping):
             self._map = {k: fname for k in f.offset_keys()}
 
     def _from_directory(self, directory: str) -> None:
-        """No index: model.safetensors alone when it is there; else every
-        .safetensors file except shards of model.safetensors, which without
-        their index are leftovers of an interrupted save_sharded."""
+        """No index: the files _directory_files names."""
         self._dir = os.path.abspath(directory)
-        if os.path.isfile(os.path.join(directory, WEIGHTS_NAME)):
+        files = _directory_files(self._dir)
+        if files == [WEIGHTS_NAME]:
             self._map = {k: WEIGHTS_NAME
                          for k in self._handle(WEIGHTS_NAME).offset_keys()}
             return
-        orphan = _shard_pattern(WEIGHTS_NAME)
-        files = sorted(e for e in os.listdir(directory)
-                       if e.endswith(".safetensors")
-                       and not orphan.fullmatch(e)
-                       and os.path.isfile(os.path.join(directory, e)))
-        if not files:
-            raise make_error(SafetensorFileNotFoundError,
-                             f"{directory} holds no .safetensors file and no "
-                             f"index", 3)
         self._map = {}
         for fname in files:
             for k in self._handle(fname).offset_keys():

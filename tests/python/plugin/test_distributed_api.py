@@ -269,3 +269,30 @@ def test_a_later_layout_version_is_refused(tmp_path):
               metadata={"format": "pt", VERSION_KEY: "2"})
     with pytest.raises(SafetensorCheckpointError, match="version"):
         SafetensorsStorageReader(tmp_path / "m.safetensors").read_metadata()
+
+
+def test_state_file_belongs_to_the_checkpoint_only_through_its_index(tmp_path):
+    """One rule (sharded.py) for both modules: a DCP state file is part of
+    the checkpoint its index names it in; without the index it is a
+    leftover that no loader takes for a weights file; and a save_sharded
+    over a DCP checkpoint removes it with the old shards."""
+    from torch_safetensors.sharded import load_sharded
+
+    ckpt = tmp_path / "ckpt"
+    sd = {"w": rand(torch.float32, (4, 4), 1), "step": 7}
+    _save(sd, ckpt)
+    state = [e for e in os.listdir(ckpt) if "-dcp-state-" in e]
+    assert len(state) == 1
+    # Without the index, the directory is its shards' leftovers plus the
+    # state file: neither is taken for a checkpoint file.
+    index = ckpt / "model.safetensors.index.json"
+    saved_index = index.read_bytes()
+    index.unlink()
+    save_file({"other": torch.ones(2)}, ckpt / "other.safetensors")
+    assert sorted(load_sharded(ckpt)) == ["other"]
+    os.remove(ckpt / "other.safetensors")
+    index.write_bytes(saved_index)
+    # save_sharded over it: the old state file goes with the old shards.
+    save_sharded({"v": torch.zeros(3)}, ckpt)
+    assert sorted(os.listdir(ckpt)) == ["model.safetensors"]
+    assert sorted(load_sharded(ckpt)) == ["v"]
