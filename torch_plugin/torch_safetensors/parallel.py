@@ -52,7 +52,10 @@ The plan
     ``strict=True`` (default): every rule pattern and every selector must
     match at least one tensor of the checkpoint (a typo in a plan is an
     error, not a silently unsharded load); an exact name that the checkpoint
-    lacks raises :class:`ParallelMissingTensorError`.
+    lacks raises :class:`ParallelMissingTensorError`. A rule written as
+    ``(pattern, action, False)`` is optional: strict mode does not require
+    it to match (the layout helpers' ``.bias`` rules are optional, so they
+    serve layers with and without biases).
 
 Sources
     A ``.safetensors`` file, a sharded checkpoint's ``*.index.json``, or a
@@ -107,21 +110,24 @@ Cooperative loading
     :class:`ParallelGroupError` on every rank). The whole tensors then share
     one storage. Off by default. When it pays, measured on one 2-core node
     with gloo on the CPU, W = 2 and 4 ranks each loading a 498 MB file
-    (benchmarks/RESULTS.md, section "parallel"):
+    (benchmarks/RESULTS.md, sections "parallel" and "parallel-notes"):
 
-    * reads through the page cache (the mmap backend, or pread without
-      ``direct``), cache warm or the file's pages dropped: **slower**, 2.4x
-      to 2.7x the time of every rank reading every byte itself. The ranks of
-      a node share the page cache, so the file comes off the device once
-      either way, and a loopback broadcast costs more than a copy out of the
-      page cache;
-    * reads that bypass the page cache (``backend="pread", direct=True``:
-      O_DIRECT): **faster**, 0.29x (W = 2) and 0.44x (W = 4) of independent
-      O_DIRECT reads, since each independent rank must fetch every byte from
-      the device. The same reasoning would apply wherever ranks do not
-      share a cache (network filesystems without client caching) and the
-      interconnect beats the storage; not measured here. On this machine a plain warm or cold buffered load
-      was still faster than either O_DIRECT variant.
+    * reads through the page cache (the default mmap backend), cache warm
+      or the file's pages dropped (``posix_fadvise(DONTNEED)``) before each
+      round: **slower**, 1.75x to 2.4x the time of every rank reading every
+      byte itself. The ranks of a node share the page cache, so the file
+      comes off the device once either way, and a loopback broadcast costs
+      more than a copy out of the page cache;
+    * reads that bypass the page cache (``backend="pread", direct=True``,
+      O_DIRECT), where every independent rank fetches every byte from the
+      device: **even at W = 2** (0.98x) **and faster at W = 4** (0.82x) in
+      the recorded run (0.29x and 0.44x in an earlier run while other jobs
+      loaded the machine). The same reasoning would apply wherever ranks do
+      not share a cache (network filesystems without client caching) and
+      the interconnect beats the storage; not measured here. On this
+      machine a plain buffered load, warm or cold, was faster than either
+      O_DIRECT variant, so cooperative loading never beat the best
+      independent load here.
 """
 
 from __future__ import annotations
@@ -458,6 +464,8 @@ class Take:
 
 
 Action = Union[str, Shard, Fused, Take]
+#: A rule: (pattern, action), or (pattern, action, required).
+Rule = Union[Tuple[Pattern, Action], Tuple[Pattern, Action, bool]]
 
 
 def _check_action(a: Any) -> Action:
@@ -472,10 +480,11 @@ def _check_action(a: Any) -> Action:
 # --------------------------------------------------------------------------
 
 class _Matcher:
-    __slots__ = ("pattern", "match", "exact")
+    __slots__ = ("pattern", "match", "exact", "required")
 
     def __init__(self, pattern: Pattern) -> None:
         self.pattern = pattern
+        self.required = True
         self.exact: Optional[str] = None
         if isinstance(pattern, str):
             if not any(c in pattern for c in "*?["):
@@ -711,7 +720,7 @@ class ShardPlan:
     (:meth:`resolve`, :func:`load_parallel`).
     """
 
-    def __init__(self, rules: Sequence[Tuple[Pattern, Action]] = (), *,
+    def __init__(self, rules: Sequence[Rule] = (), *,
                  rank: int = 0, world_size: int = 1,
                  select: Sequence[Any] = (), default: Action = "whole",
                  strict: bool = True) -> None:
@@ -719,10 +728,14 @@ class ShardPlan:
         self.rank, self.world_size = rank, world_size
         self.rules: List[Tuple[_Matcher, Action]] = []
         for rule in rules:
-            if not isinstance(rule, tuple) or len(rule) != 2:
+            if not isinstance(rule, tuple) or len(rule) not in (2, 3) or (
+                    len(rule) == 3 and not isinstance(rule[2], bool)):
                 raise _err(ParallelPlanError, f"a rule is a (pattern, "
-                           f"action) tuple, not {rule!r}")
-            self.rules.append((_Matcher(rule[0]), _check_action(rule[1])))
+                           f"action) or (pattern, action, required) tuple, "
+                           f"not {rule!r}")
+            m = _Matcher(rule[0])
+            m.required = rule[2] if len(rule) == 3 else True
+            self.rules.append((m, _check_action(rule[1])))
         if isinstance(select, (PipelineStage, Experts)):
             select = [select]
         self.select = list(select)
@@ -746,8 +759,9 @@ class ShardPlan:
         if self.strict:
             nameset = frozenset(names)
             for m, _ in self.rules:
-                _require(m, nameset if m.exact is not None else names,
-                         "rule pattern")
+                if m.required:
+                    _require(m, nameset if m.exact is not None else names,
+                             "rule pattern")
         out: Dict[str, Action] = {}
         for n in names:
             if not all(s.keeps(n) for s in self.select):
@@ -771,38 +785,39 @@ class ShardPlan:
 # --------------------------------------------------------------------------
 
 def column_parallel(*modules: Pattern, transposed: bool = False,
-                    bias: bool = True) -> List[Tuple[Pattern, Action]]:
+                    bias: bool = True) -> List[Rule]:
     """Rules for column-parallel linear layers (the output features split):
     ``<module>.weight`` on its output dimension (dim 0 of an
     ``nn.Linear`` ``[out, in]`` weight; dim 1 with ``transposed=True``, for
     GPT-2's Conv1D ``[in, out]``) and ``<module>.bias`` (with ``bias``) on
     dim 0. Module patterns: str globs or re.Pattern (``.weight`` /
-    ``.bias`` is appended)."""
-    rules: List[Tuple[Pattern, Action]] = []
+    ``.bias`` is appended); the bias rules are optional in strict mode
+    (``bias=False`` leaves biases to later rules and ``default``)."""
+    rules: List[Rule] = []
     for m in modules:
         rules.append((_suffixed(m, "weight"), Shard(1 if transposed else 0)))
         if bias:
-            rules.append((_suffixed(m, "bias"), Shard(0)))
+            rules.append((_suffixed(m, "bias"), Shard(0), False))
     return rules
 
 
 def row_parallel(*modules: Pattern, transposed: bool = False,
-                 bias: bool = True) -> List[Tuple[Pattern, Action]]:
+                 bias: bool = True) -> List[Rule]:
     """Rules for row-parallel linear layers (the input features split):
     ``<module>.weight`` on its input dimension (dim 1 of ``[out, in]``; dim
     0 with ``transposed=True``); ``<module>.bias`` whole on every rank (it
     is added once, after the all-reduce)."""
-    rules: List[Tuple[Pattern, Action]] = []
+    rules: List[Rule] = []
     for m in modules:
         rules.append((_suffixed(m, "weight"), Shard(0 if transposed else 1)))
         if bias:
-            rules.append((_suffixed(m, "bias"), "whole"))
+            rules.append((_suffixed(m, "bias"), "whole", False))
     return rules
 
 
 def vocab_parallel(*modules: Pattern, uneven: str = "chunk",
                    sizes: Optional[Sequence[int]] = None
-                   ) -> List[Tuple[Pattern, Action]]:
+                   ) -> List[Rule]:
     """Rules for vocabulary-parallel embeddings and output heads:
     ``<module>.weight`` (``[vocab, hidden]``) split on dim 0. A vocabulary
     that does not divide is split as ``torch.chunk`` does (``uneven=
@@ -815,7 +830,7 @@ def vocab_parallel(*modules: Pattern, uneven: str = "chunk",
 
 def fused_qkv(*modules: Pattern, num_heads: int, head_dim: int,
               num_kv_heads: Optional[int] = None, transposed: bool = False,
-              bias: bool = True) -> List[Tuple[Pattern, Action]]:
+              bias: bool = True) -> List[Rule]:
     """Rules for a fused QKV projection whose output dimension is
     ``[q (num_heads * head_dim), k, v (num_kv_heads * head_dim each)]``
     (GQA when ``num_kv_heads < num_heads``; default: ``num_heads``). Each of
@@ -826,33 +841,33 @@ def fused_qkv(*modules: Pattern, num_heads: int, head_dim: int,
     kv = num_heads if num_kv_heads is None else num_kv_heads
     spec = dict(blocks=(num_heads * head_dim, kv * head_dim, kv * head_dim),
                 units=head_dim, replicate=True)
-    rules: List[Tuple[Pattern, Action]] = []
+    rules: List[Rule] = []
     for m in modules:
         rules.append((_suffixed(m, "weight"),
                       Fused(1 if transposed else 0, **spec)))
         if bias:
-            rules.append((_suffixed(m, "bias"), Fused(0, **spec)))
+            rules.append((_suffixed(m, "bias"), Fused(0, **spec), False))
     return rules
 
 
 def gate_up(*modules: Pattern, transposed: bool = False,
-            bias: bool = True) -> List[Tuple[Pattern, Action]]:
+            bias: bool = True) -> List[Rule]:
     """Rules for a fused gate/up projection (``[gate; up]`` on the output
     dimension): each half split across the ranks, the rank's gate part then
     its up part."""
-    rules: List[Tuple[Pattern, Action]] = []
+    rules: List[Rule] = []
     for m in modules:
         rules.append((_suffixed(m, "weight"),
                       Fused(1 if transposed else 0, blocks=2)))
         if bias:
-            rules.append((_suffixed(m, "bias"), Fused(0, blocks=2)))
+            rules.append((_suffixed(m, "bias"), Fused(0, blocks=2), False))
     return rules
 
 
 def moe_experts(experts: Sequence[int], *, stacked: Sequence[Pattern] = (),
                 pattern: Union[str, "re.Pattern[str]"] =
                 DEFAULT_EXPERT_PATTERN, dim: int = 0
-                ) -> Tuple[Experts, List[Tuple[Pattern, Action]]]:
+                ) -> Tuple[Experts, List[Rule]]:
     """Expert parallelism: a selector for per-expert tensors (names with
     ``experts.{i}.``) keeping the experts in ``experts`` (a range, e.g.
     :func:`expert_range`), and rules that slice stacked experts tensors
@@ -861,7 +876,7 @@ def moe_experts(experts: Sequence[int], *, stacked: Sequence[Pattern] = (),
     and add the rules. ``experts`` must be a contiguous range for stacked
     tensors."""
     ex = list(experts)
-    rules: List[Tuple[Pattern, Action]] = []
+    rules: List[Rule] = []
     if stacked:
         if not ex or ex != list(range(ex[0], ex[0] + len(ex))):
             raise _err(ParallelSplitError, "stacked experts tensors need a "

@@ -556,6 +556,18 @@ def test_strict_off_allows_unmatched(llama):
     plan = ShardPlan([("*.q_proj.weight", Shard(0)), ("nope", "whole")],
                      strict=False, default="skip")
     assert len(load_parallel(path, plan)) == 0
+    # Optional rules (a third element False; the helpers' bias rules):
+    # strict mode does not require them to match.
+    plan = ShardPlan([("*.q_proj.weight", Shard(0), False),
+                      ("*.down_proj.weight", Shard(1))]
+                     + row_parallel("*.o_proj"), world_size=2,
+                     default="skip")
+    out = load_parallel(path, plan)
+    assert sorted({n.split(".")[-2] for n in out}) == ["down_proj", "o_proj"]
+    with pytest.raises(ParallelPlanError):
+        ShardPlan([("x", "whole", "no")])
+    with pytest.raises(ParallelUnmatchedError):  # the weight rule is required
+        load_parallel(path, ShardPlan(column_parallel("*.q_proj")))
 
 
 def test_first_match_wins(llama):
@@ -594,8 +606,8 @@ def test_transformers_llama_checkpoint(tmp_path):
         for rank in range(world):
             plan = ShardPlan(
                 column_parallel("*.q_proj", "*.k_proj", "*.v_proj",
-                                "*.gate_proj", "*.up_proj", bias=False)
-                + row_parallel("*.o_proj", "*.down_proj", bias=False)
+                                "*.gate_proj", "*.up_proj")
+                + row_parallel("*.o_proj", "*.down_proj")
                 + vocab_parallel("model.embed_tokens", "lm_head"),
                 rank=rank, world_size=world, select=[st])
             out = load_parallel(d, plan)
