@@ -163,7 +163,7 @@ __all__ = [
     "ParallelPlanError", "ParallelIndivisibleError", "ParallelSplitError",
     "ParallelRankError", "ParallelUnmatchedError",
     "ParallelMissingTensorError", "ParallelSubByteError",
-    "ParallelDimError", "ParallelGroupError",
+    "ParallelDimError", "ParallelGroupError", "ParallelDestinationError",
     "DEFAULT_LAYER_PATTERN", "DEFAULT_EXPERT_PATTERN",
 ]
 
@@ -214,6 +214,11 @@ class ParallelSubByteError(ParallelPlanError):
 class ParallelDimError(ParallelPlanError):
     """A shard dimension that the tensor does not have (e.g. dim 1 of a
     vector), or a selector pattern without the index group it needs."""
+
+
+class ParallelDestinationError(ParallelPlanError):
+    """An ``into`` tensor whose dtype or shape is not this rank's part of
+    the tensor (or that is not a tensor)."""
 
 
 class ParallelGroupError(ParallelPlanError):
@@ -948,10 +953,24 @@ class _Reader:
     """One file's share of a load: allocates the results and builds one
     engine plan of items (index, address, nbytes[, ranges])."""
 
-    def __init__(self, f: "_C.File") -> None:
+    def __init__(self, f: "_C.File",
+                 into: Optional[Mapping] = None) -> None:
         self.f = f
+        self.into = into or {}
         self.items: List[tuple] = []
         self.after: List[Callable[[], None]] = []
+
+    def dest(self, info: Any, tshape) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(the tensor the engine writes, the result): a fresh tensor, or
+        the caller's ``into`` tensor (written in place when it is a
+        contiguous CPU tensor, else read on the CPU and copied into it)."""
+        tdtype = torch_dtype_of(info)
+        tshape = tuple(tshape)
+        t = self.into.get(info.name)
+        if t is None:
+            fresh = torch.empty(tshape, dtype=tdtype)
+            return fresh, fresh
+        return _check_into(t, info.name, tshape, tdtype, self.after)
 
     def slice_of(self, k: int, info: Any, ranges: List[Tuple[int, int, int]]):
         try:
@@ -968,16 +987,12 @@ class _Reader:
             raise
         return tuple(shape), nbytes
 
-    def empty(self, info: Any, shape) -> torch.Tensor:
-        return torch.empty(_dtypes.torch_shape(info.dtype, shape),
-                           dtype=torch_dtype_of(info))
-
     def whole(self, k: int, info: Any) -> torch.Tensor:
-        t = torch.empty(info.torch_shape, dtype=torch_dtype_of(info))
+        t, result = self.dest(info, info.torch_shape)
         n = info.end - info.begin
         if n:
             self.items.append((k, t.data_ptr(), n))
-        return t
+        return result
 
     def pieces(self, k: int, info: Any, dim: int,
                pieces: List[Tuple[int, int]]) -> torch.Tensor:
@@ -990,17 +1005,19 @@ class _Reader:
             rr.append(r)
         if len(rr) == 1:
             oshape, nbytes = self.slice_of(k, info, rr[0])
-            t = self.empty(info, oshape)
+            t, result = self.dest(info, _dtypes.torch_shape(info.dtype,
+                                                            oshape))
             if nbytes:
                 self.items.append((k, t.data_ptr(), nbytes, rr[0]))
-            return t
+            return result
         parts = [self.slice_of(k, info, r) for r in rr]
         oshape = list(shape)
         oshape[dim] = sum(b - a for a, b in pieces)
         # The C core's shape and byte count of the whole result: the same
         # view policy as any slice (the pieces laid end to end on dim).
         total = sum(n for _, n in parts)
-        t = self.empty(info, tuple(oshape))
+        t, result = self.dest(info, _dtypes.torch_shape(info.dtype,
+                                                        tuple(oshape)))
         outer = 1
         for s in shape[:dim]:
             outer *= s
@@ -1011,7 +1028,7 @@ class _Reader:
                 if n:
                     self.items.append((k, base + off, n, r))
                 off += n
-            return t
+            return result
         bufs = []
         for r, (_, n) in zip(rr, parts):
             buf = torch.empty(n, dtype=torch.uint8)
@@ -1025,8 +1042,9 @@ class _Reader:
             dst = t.reshape(-1).view(torch.uint8).view(outer, total // outer)
             torch.cat([b.view(outer, b.numel() // outer) for b in bufs],
                       dim=1, out=dst)
-        self.after.append(concat)
-        return t
+        # Before any copy into a caller's tensor that dest() registered.
+        self.after.insert(0, concat)
+        return result
 
     def run(self, threads: int, flags: int) -> int:
         read = 0
@@ -1038,6 +1056,33 @@ class _Reader:
         for fn in self.after:
             fn()
         return read
+
+
+def _check_into(t: Any, name: str, tshape: Tuple[int, ...],
+                tdtype: torch.dtype, after: List[Callable[[], None]]
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(the CPU tensor to fill, the result) for the caller's tensor t: t
+    itself when it is contiguous on the CPU, else a fresh tensor whose
+    bytes a callable appended to after copies into t."""
+    if not isinstance(t, torch.Tensor):
+        raise _err(ParallelDestinationError, f"into[{name!r}] is a "
+                   f"{type(t).__name__}, not a tensor", name)
+    if t.dtype != tdtype or tuple(t.shape) != tshape:
+        raise _err(ParallelDestinationError,
+                   f"into[{name!r}] is {t.dtype} {list(t.shape)}; this "
+                   f"rank's part is {tdtype} {list(tshape)}", name)
+    if t.device.type == "cpu" and t.is_contiguous():
+        return t, t  # the engine writes its bytes in place
+    tmp = torch.empty(tshape, dtype=tdtype)
+
+    def copy() -> None:
+        with torch.no_grad():
+            if tdtype == _dtypes.F4_TORCH:  # no copy kernel: move bytes
+                t.view(torch.uint8).copy_(tmp.view(torch.uint8))
+            else:
+                t.copy_(tmp)
+    after.append(copy)
+    return tmp, t
 
 
 def _open_checkpoint(source: PathLike, backend: str) -> ShardedCheckpoint:
@@ -1053,7 +1098,8 @@ def _open_checkpoint(source: PathLike, backend: str) -> ShardedCheckpoint:
 def load_parallel(source: PathLike, plan: ShardPlan, *,
                   device: Union[str, int, torch.device] = "cpu",
                   backend: str = "mmap", threads: int = 0,
-                  group: Any = None, direct: bool = False) -> ParallelLoad:
+                  group: Any = None, direct: bool = False,
+                  into: Optional[Mapping] = None) -> ParallelLoad:
     """Loads this rank's part of a checkpoint, as ``plan`` says.
 
     Args:
@@ -1073,6 +1119,17 @@ def load_parallel(source: PathLike, plan: ShardPlan, *,
             buffered reads). Whole 4 KiB blocks are read, so a column shard
             then reads (and counts in ``bytes_read``) the blocks its rows lie
             in. Ignored by the mmap backend.
+        into: name -> an existing tensor to load that tensor's part into
+            (e.g. a model's already allocated, tensor-parallel parameters):
+            it must have the dtype and shape of this rank's part. A
+            contiguous CPU tensor is written in place by the engine (raw
+            bytes, as ``copy_`` under ``no_grad`` would write them, without
+            bumping autograd's version counter); any other (a device tensor,
+            a non-contiguous view) is read into CPU memory and ``copy_``-ed
+            into. The result maps those names to the same tensor objects.
+            Into memory that is already mapped the engine skips the page
+            faults and clearing of fresh memory: see benchmarks/RESULTS.md,
+            "parallel-notes". Names not in the plan's result are ignored.
 
     Returns a :class:`ParallelLoad` (a mapping name -> tensor, with byte
     counters). Raises the plan's errors (:class:`ParallelPlanError`
@@ -1088,6 +1145,9 @@ def load_parallel(source: PathLike, plan: ShardPlan, *,
     if not isinstance(plan, ShardPlan):
         raise _err(ParallelPlanError, f"plan must be a ShardPlan, not "
                    f"{type(plan).__name__}")
+    if into is not None and not isinstance(into, Mapping):
+        raise _err(ParallelDestinationError, f"into must be a mapping of "
+                   f"name -> tensor, not {type(into).__name__}")
     dev = parse_device(device)
     threads = int(threads)
     # No EXEC_HUGEPAGES: on the benchmark machine (a VM) MADV_HUGEPAGE on
@@ -1106,7 +1166,7 @@ def load_parallel(source: PathLike, plan: ShardPlan, *,
         results: Dict[str, torch.Tensor] = {}
         for fname in sorted(by_file):
             f = ckpt._handle(fname)._file
-            rd = _Reader(f)
+            rd = _Reader(f, into)
             for n in by_file[fname]:
                 try:
                     k = f.index(n)
@@ -1142,9 +1202,23 @@ def load_parallel(source: PathLike, plan: ShardPlan, *,
             for fname, n in got.items():
                 out.bytes_by_file[fname] = out.bytes_by_file.get(fname, 0) + n
                 out.bytes_read += n
+            for n, _, _, info in whole:
+                if into is None or n not in into:
+                    continue
+                after: List[Callable[[], None]] = []
+                dst, result = _check_into(into[n], n,
+                                          tuple(info.torch_shape),
+                                          torch_dtype_of(info), after)
+                if dst.numel():
+                    with torch.no_grad():
+                        dst.reshape(-1).view(torch.uint8).copy_(
+                            results[n].reshape(-1).view(torch.uint8))
+                for fn in after:
+                    fn()
+                results[n] = result
     for n in actions:
         t = results[n]
-        if dev.type != "cpu":
+        if dev.type != "cpu" and (into is None or n not in into):
             t = t.to(dev)
         out.tensors[n] = t
         out.actions[n] = actions[n]

@@ -32,9 +32,13 @@ def main() -> int:
         if mode == "mismatch" and rank == 0:
             rules.insert(0, ("norm.bias", "skip"))
         plan = ShardPlan(rules, rank=rank, world_size=world, strict=False)
+        # A caller's tensor for one whole tensor and one shard.
+        into = {"norm.bias": torch.nn.Parameter(torch.empty(3)),
+                "l0.weight": torch.empty(24, 32 // world).t()}
         try:
             out = load_parallel(path, plan, group=dist.group.WORLD,
-                                backend="pread" if rank % 2 else "mmap")
+                                backend="pread" if rank % 2 else "mmap",
+                                into=into)
         except ParallelGroupError as e:
             print(json.dumps({"rank": rank, "group_error": str(e)}))
             return 0
@@ -52,6 +56,7 @@ def main() -> int:
                 assert torch.equal(
                     got.reshape(-1).view(torch.uint8),
                     want.contiguous().reshape(-1).view(torch.uint8)), name
+        assert all(out[n] is into[n] for n in into)
         print(json.dumps({"rank": rank, "bytes_read": out.bytes_read,
                           "bytes_selected": out.bytes_selected,
                           "bytes_whole": out.bytes_whole}))

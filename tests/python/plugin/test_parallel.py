@@ -19,7 +19,8 @@ from torch_safetensors import _C
 from torch_safetensors.errors import (SafetensorError, SafetensorKeyError,
                                       SafetensorValueError)
 from torch_safetensors.parallel import (
-    Experts, Fused, ParallelDimError, ParallelGroupError,
+    Experts, Fused, ParallelDestinationError, ParallelDimError,
+    ParallelGroupError,
     ParallelIndivisibleError, ParallelMissingTensorError, ParallelPlanError,
     ParallelRankError, ParallelSplitError, ParallelSubByteError,
     ParallelUnmatchedError, PipelineStage, Shard, ShardPlan, Take,
@@ -329,6 +330,32 @@ def test_world_8_reads_an_eighth(tmp_path):
                     _same(out[n], _chunks(ref[n], 8, 1)[rank])
             reads.append(out.bytes_read)
     assert sum(reads[:8]) == total - 40 * 4 + 8 * 40 * 4
+
+
+def test_into_existing_tensors(llama):
+    """into: the caller's tensors are filled (in place on the CPU, through
+    a copy for a strided view) and returned; a wrong shape or dtype is a
+    named error."""
+    path, sd = llama
+    ref = _ref(path)
+    name = "model.layers.0.mlp.down_proj.weight"   # [H, INTER] -> [H, 12]
+    qkv = "model.layers.1.self_attn.qkv_proj.weight"
+    params = {name: torch.nn.Parameter(torch.zeros(H, INTER // 2)),
+              qkv: torch.zeros(H, (NH + 2 * NKV) * HD // 2).t(),
+              "model.norm.weight": torch.zeros(H)}
+    before = params[name].data_ptr()
+    out = load_parallel(path, _llama_plan(1, 2), into=params)
+    for n, t in params.items():
+        assert out[n] is t
+        _same(t.detach(), _want_llama(n, ref[n], 1, 2))
+    assert params[name].data_ptr() == before and params[name].requires_grad
+    for bad in ({name: torch.zeros(H, INTER)},
+                {name: torch.zeros(H, INTER // 2, dtype=torch.float16)},
+                {name: [0.0]}):
+        with pytest.raises(ParallelDestinationError):
+            load_parallel(path, _llama_plan(1, 2), into=bad)
+    with pytest.raises(ParallelDestinationError):
+        load_parallel(path, _llama_plan(1, 2), into=[params[name]])
 
 
 def test_direct_reads_give_the_same_tensors(llama):
