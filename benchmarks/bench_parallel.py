@@ -15,7 +15,9 @@ result touched after loading):
           backends; stage = the whole tensors of pipeline stage 1 of 8 (layers 2-3 of 12: the
           embeddings go to stage 0, ln_f to stage 7); reference-col = safetensors'
           safe_open(...).get_slice(n)[..., a:b] (a lazy view of its mapping) + touch;
-          reference-col-owned = the same made contiguous (an owned result, like ours) + touch.
+          reference-col-owned = the same made contiguous (an owned result, like ours) + touch;
+          col-into = col into tensors allocated and zero-filled before the clock starts (a
+          model's tensor-parallel parameters: load_parallel(..., into=params)).
           Page cache warm. Bytes: ParallelLoad.bytes_read (the engine's count) of every rank.
   coop    Cooperative loading: W ranks (W = 2 and 4, real processes, gloo on the CPU) each load
           every tensor of the same file whole: independently (each rank reads every byte) and
@@ -55,7 +57,7 @@ import bench_cpu as B  # noqa: E402  (the GPT-2 shapes, touch, warm_cache)
 SECTION = "parallel"
 PACKAGES = ["torch", "safetensors", "torch_safetensors"]
 WORLD = 8
-TP_CONTENDERS = ["full", "row", "col", "col-pread", "stage", "reference-col",
+TP_CONTENDERS = ["full", "row", "col", "col-pread", "col-into", "stage", "reference-col",
                  "reference-col-owned"]
 STAGE = 1
 
@@ -81,7 +83,7 @@ def _plan(kind: str, rank: int):
         return ShardPlan()
     if kind == "row":
         return ShardPlan([("*", Shard(0, uneven="split"))], rank=rank, world_size=WORLD)
-    if kind in ("col", "col-pread"):
+    if kind in ("col", "col-pread", "col-into"):
         return ShardPlan([("*", Shard(-1))], rank=rank, world_size=WORLD)
     if kind == "stage":
         return ShardPlan(select=[PipelineStage(
@@ -90,7 +92,18 @@ def _plan(kind: str, rank: int):
     raise ValueError(kind)
 
 
-def tp_run(c: str, path: str, rank: int):
+def col_params(path: str) -> dict:
+    """Zero-filled (touched) fp32 tensors of one rank's column shard: a model's allocated
+    tensor-parallel parameters, for col-into."""
+    import torch
+    from torch_safetensors.torch import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        shapes = {n: f.get_slice(n).get_shape() for n in f.keys()}
+    return {n: torch.zeros(s[:-1] + [s[-1] // WORLD]) for n, s in shapes.items()}
+
+
+def tp_run(c: str, path: str, rank: int, into=None):
     if c.startswith("reference"):
         from safetensors import safe_open
 
@@ -105,20 +118,22 @@ def tp_run(c: str, path: str, rank: int):
         return out, None
     from torch_safetensors.parallel import load_parallel
 
-    r = load_parallel(path, _plan(c, rank), backend="pread" if c.endswith("-pread") else "mmap")
+    r = load_parallel(path, _plan(c, rank), backend="pread" if c.endswith("-pread") else "mmap",
+                      into=into)
     return r.tensors, r
 
 
 def child_tp(job: dict) -> dict:
     c, path, rank = job["c"], job["path"], job["rank"]
-    d, _ = tp_run(c, path, (rank + 1) % WORLD)  # imports and first calls, untimed
+    into = col_params(path) if c == "col-into" else None
+    d, _ = tp_run(c, path, (rank + 1) % WORLD, into)  # imports and first calls, untimed
     B.touch(d)
     del d
     gc.collect()
     rss0 = C.reset_peak()
     u0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    d, r = tp_run(c, path, rank)
+    d, r = tp_run(c, path, rank, into)
     t1 = time.perf_counter()
     check = B.touch(d)
     t2 = time.perf_counter()
@@ -257,7 +272,7 @@ def compute_targets(tp: Dict[str, List[dict]], nbytes: dict, file_bytes: int) ->
             T.append((f"(context) {c}: CPU time vs a full load",
                       f"{c} / full (user + sys of the load + touch)",
                       f"{m(c, 'cpu') / m('full', 'cpu'):.3f}", "-", None))
-    for c in ("col", "col-pread"):
+    for c in ("col", "col-pread", "col-into"):
         if m(c) and full:
             T.append((f"(context) {c}: time vs a full load", f"{c} / full (load + touch)",
                       f"{m(c) / full:.3f}", "-", None))
@@ -268,7 +283,7 @@ def compute_targets(tp: Dict[str, List[dict]], nbytes: dict, file_bytes: int) ->
                           + (" (both owned)" if ref.endswith("owned") else
                              " (context: the reference's lazy view)"),
                           f"{ref} / {c} (load + touch)", f"{q:.2f}x", "> 1x",
-                          (q > 1) if ref.endswith("owned") else None))
+                          (q > 1) if ref.endswith("owned") and c != "col-into" else None))
     for kind in ("row", "col", "stage"):
         vals = nbytes.get(kind) or []
         if vals:
