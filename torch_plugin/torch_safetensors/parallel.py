@@ -108,26 +108,26 @@ Cooperative loading
     collectives only, no protocol of our own). Every rank of the group must
     select the same whole tensors (checked with an ``all_reduce``; else
     :class:`ParallelGroupError` on every rank). The whole tensors then share
-    one storage. Off by default. When it pays, measured on one 2-core node
-    with gloo on the CPU, W = 2 and 4 ranks each loading a 498 MB file
-    (benchmarks/RESULTS.md, sections "parallel" and "parallel-notes"):
+    one storage. Off by default, and not reliably faster anywhere measured
+    here: one 2-core node, gloo on the CPU, W = 2 and 4 ranks each loading
+    a 498 MB file, three runs (benchmarks/RESULTS.md, sections "parallel"
+    and "parallel-notes"):
 
     * reads through the page cache (the default mmap backend), cache warm
       or the file's pages dropped (``posix_fadvise(DONTNEED)``) before each
-      round: **slower**, 1.75x to 2.4x the time of every rank reading every
-      byte itself. The ranks of a node share the page cache, so the file
-      comes off the device once either way, and a loopback broadcast costs
-      more than a copy out of the page cache;
+      round: **slower** in every run, 1.6x to 2.5x the time of every rank
+      reading every byte itself. The ranks of a node share the page cache,
+      so the file comes off the device once either way, and a loopback
+      broadcast costs more than a copy out of the page cache;
     * reads that bypass the page cache (``backend="pread", direct=True``,
       O_DIRECT), where every independent rank fetches every byte from the
-      device: **even at W = 2** (0.98x) **and faster at W = 4** (0.82x) in
-      the recorded run (0.29x and 0.44x in an earlier run while other jobs
-      loaded the machine). The same reasoning would apply wherever ranks do
-      not share a cache (network filesystems without client caching) and
-      the interconnect beats the storage; not measured here. On this
-      machine a plain buffered load, warm or cold, was faster than either
-      O_DIRECT variant, so cooperative loading never beat the best
-      independent load here.
+      device: cooperative / independent was 0.29x and 0.44x (W = 2, 4) in a
+      run while other jobs loaded the machine, 0.98x and 0.82x in a second
+      run and 1.04x and 1.26x in the recorded one. A buffered independent
+      load, warm or cold, was faster than either O_DIRECT variant in every
+      run. Where ranks do not share a cache (network filesystems without
+      client caching) and the interconnect beats the storage it may pay;
+      that was not measured here.
 """
 
 from __future__ import annotations
