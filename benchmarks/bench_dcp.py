@@ -59,7 +59,8 @@ ROOT = C.ROOT
 SECTION = "dcp"
 WORLD = 2
 PACKAGES = ["torch", "safetensors", "torch_safetensors"]
-CONTENDERS = ["ours", "hf", "hf-consolidated", "fs", "limit"]
+CONTENDERS = ["ours", "hf", "hf-consolidated", "fs", "limit", "limit-pread"]
+LOAD_ONLY = {"limit-pread"}
 # (ours vs this contender, minimum speed-up) per operation: issue 11's targets
 TARGETS = [("hf", 3.0), ("hf-consolidated", 3.0), ("fs", 1.5)]
 SIZES = {  # gpt2_shapes(n_layer, n_embd, vocab, n_pos)
@@ -91,6 +92,10 @@ DESCRIBE = {
              "(and the directory); load = each rank `copy_`s its local shards from resident "
              "tensors into the destination (memory bandwidth, what any reader must at least "
              "pay)",
+    "limit-pread": "load only: each rank reads its local shard bytes from one raw file of its "
+                   "own (written once, warm in the page cache) with `os.preadv` straight into "
+                   "the destination tensors, one thread: the page-cache read limit of a warm "
+                   "load",
 }
 
 
@@ -136,13 +141,20 @@ READER_PHASES = ["read_metadata", "set_up_storage_reader", "prepare_local_plan",
                  "prepare_global_plan", "read_data"]
 
 
+def _ours_options(c: str) -> Dict[str, str]:
+    """Diagnostic variants of ours: "ours:backend=pread,rthreads=1,wthreads=1"."""
+    return dict(kv.split("=", 1) for kv in c.split(":", 1)[1].split(",")) if ":" in c else {}
+
+
 def make_writer(c: str, path: str):
     from torch.distributed.checkpoint import FileSystemWriter
 
-    if c == "ours":
+    if c.startswith("ours"):
         from torch_safetensors.distributed import SafetensorsStorageWriter
 
-        return SafetensorsStorageWriter(path)
+        o = _ours_options(c)
+        kw = {"threads": int(o["wthreads"])} if "wthreads" in o else {}
+        return SafetensorsStorageWriter(path, **kw)
     if c == "hf":
         from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
@@ -160,10 +172,14 @@ def make_writer(c: str, path: str):
 def make_reader(c: str, path: str):
     from torch.distributed.checkpoint import FileSystemReader
 
-    if c == "ours":
+    if c.startswith("ours"):
         from torch_safetensors.distributed import SafetensorsStorageReader
 
-        return SafetensorsStorageReader(path)
+        o = _ours_options(c)
+        kw = {"threads": int(o["rthreads"])} if "rthreads" in o else {}
+        if "backend" in o:
+            kw["backend"] = o["backend"]
+        return SafetensorsStorageReader(path, **kw)
     if c in ("hf", "hf-consolidated"):
         from torch.distributed.checkpoint import HuggingFaceStorageReader
 
@@ -347,12 +363,32 @@ class Rank:
         finally:
             os.close(fd)
 
+    def raw_read(self, path: str) -> None:
+        import torch
+
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            off = 0
+            for t in self.dest.values():
+                mv = memoryview(t.to_local().reshape(-1).view(torch.uint8).numpy())
+                while len(mv):
+                    n = os.preadv(fd, [mv], off)
+                    if n <= 0:
+                        raise RuntimeError(f"short read of {path}")
+                    off += n
+                    mv = mv[n:]
+        finally:
+            os.close(fd)
+
     def load(self, c: str, path: str, phases: Dict[str, float]):
         import torch.distributed.checkpoint as dcp
 
         if c == "limit":
             for k, t in self.sd.items():
                 self.dest[k].to_local().copy_(t.to_local())
+            return
+        if c == "limit-pread":
+            self.raw_read(os.path.join(path, f"rank{self.rank}.bin"))
             return
         r = _instrument(make_reader(c, path), READER_PHASES, phases)
         dcp.load(self.dest, storage_reader=r)
@@ -427,13 +463,18 @@ class Rank:
         contenders = self.job["contenders"]
         out = {"local_bytes": self.gather(self.local_bytes), "total_bytes": self.total_bytes,
                "tensors": len(self.sd), "verify": {}, "save": {}, "load": {}}
+        if "limit-pread" in contenders:
+            path = self.fresh_dir("limit-pread-ckpt")
+            self.raw_write(os.path.join(path, f"rank{self.rank}.bin"))
+            self.barrier()
+            self.ckpt["limit-pread"] = path
         for c in contenders:
-            if c == "limit":
+            if c in ("limit", "limit-pread"):
                 continue
             if self.rank == 0:
                 _log(f"{self.job['workload']}: verify {c}")
             out["verify"][c] = self.verify(c)
-        good = [c for c in contenders if c == "limit" or out["verify"][c]["ok"]]
+        good = [c for c in contenders if c in ("limit", "limit-pread") or out["verify"][c]["ok"]]
         rounds, warmup = self.job["rounds"], self.job["warmup"]
 
         def progress(s):
@@ -452,7 +493,8 @@ class Rank:
                 _read_tree(self.ckpt[c])
             return self.timed("load", c, self.ckpt.get(c, ""))
 
-        out["save"] = C.alternate(good, rounds, warmup, measure_save,
+        out["save"] = C.alternate([c for c in good if c not in LOAD_ONLY], rounds, warmup,
+                                  measure_save,
                                   lambda s: progress("save " + s))
         out["load"] = C.alternate(good, rounds, warmup, measure_load,
                                   lambda s: progress("load " + s))
@@ -460,7 +502,7 @@ class Rank:
         # counters installed (their overhead stays out of the rounds above).
         out["profile"] = {}
         for c in good:
-            if c == "limit" or C.error_of(out["save"].get(c, [])):
+            if c.startswith("limit") or C.error_of(out["save"].get(c, [])):
                 continue
             progress(f"profile {c}")
             prof = {}
@@ -677,7 +719,7 @@ def render(results: dict) -> str:
               "waiting for the other rank</summary>", ""]
         for op, names in (("save", WRITER_PHASES), ("load", READER_PHASES)):
             for c, rr in res[op].items():
-                if C.error_of(rr) or not rr or c == "limit":
+                if C.error_of(rr) or not rr or c.startswith("limit"):
                     continue
                 for line in _phase_summary(rr, names):
                     L.append(f"- {op} {c}, {line}")
@@ -708,7 +750,8 @@ def render(results: dict) -> str:
         L += ["", "Files: " + "; ".join(f"{c}: {', '.join(v.get('files', []))}"
                                          for c, v in ver.items()), "", "</details>", ""]
 
-    L += ["Contenders:", ""] + [f"- **{c}**: {DESCRIBE[c]}" for c in results["contenders"]]
+    L += ["Contenders:", ""] + [f"- **{c}**: {DESCRIBE.get(c, DESCRIBE['ours'] + ' with ' + c)}"
+                                for c in results["contenders"]]
     if not args["quick"]:
         L += ["", "![dcp save](plots/dcp_save.png) ![dcp load](plots/dcp_load.png)"]
     return "\n".join(L)
@@ -767,11 +810,12 @@ def main() -> int:
     warmup = not args.quick
     workloads = (args.workloads or (QUICK_WORKLOADS if args.quick else DEFAULT_WORKLOADS)
                  ).split(",")
-    contenders = [c for c in args.contenders.split(",") if c]
-    missing = have_ours() if "ours" in contenders else None
+    contenders = [c for c in args.contenders.split(";" if ";" in args.contenders else ",")
+                  if c]
+    missing = have_ours() if any(c.startswith("ours") for c in contenders) else None
     if missing:
         _log(f"ours is not importable, measured without it: {missing}")
-        contenders.remove("ours")
+        contenders = [c for c in contenders if not c.startswith("ours")]
     info = C.machine_info(PACKAGES)
     workroot = args.workdir or (C.HERE / "out")
     workroot.mkdir(parents=True, exist_ok=True)
