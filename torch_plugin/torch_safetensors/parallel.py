@@ -579,6 +579,9 @@ class PipelineStage:
     those of ``last`` to the last stage (a name in both, e.g. tied
     embeddings, goes to both); any other goes where ``others`` says:
     ``"all"`` (default: every stage), ``"first"``, ``"last"`` or ``"none"``.
+    In a strict plan, a ``layer_pattern`` that matches no name is an error
+    (:class:`ParallelUnmatchedError`), as are ``first`` / ``last`` patterns
+    that match nothing.
 
     Example: ``PipelineStage(1, 4, first=["model.embed_tokens.*"],
     last=["model.norm.*", "lm_head.*"])``.
@@ -613,12 +616,12 @@ class PipelineStage:
     def bind(self, names: Sequence[str], strict: bool) -> None:
         """Resolves the layer range against the checkpoint's names."""
         idx = [i for i in (self._layer(n) for n in names) if i is not None]
-        if not idx:
+        if not idx and strict:
             raise _err(ParallelUnmatchedError, f"layer_pattern "
                        f"{self.rx.pattern!r} matches no tensor name")
         if self.layers is None:
             n = self.num_layers if self.num_layers is not None else \
-                max(idx) + 1
+                max(idx, default=-1) + 1
             self._keep = frozenset(layer_range(n, self.stage,
                                                self.num_stages))
         if strict:

@@ -595,6 +595,11 @@ def test_strict_off_allows_unmatched(llama):
         ShardPlan([("x", "whole", "no")])
     with pytest.raises(ParallelUnmatchedError):  # the weight rule is required
         load_parallel(path, ShardPlan(column_parallel("*.q_proj")))
+    # Not strict: a layer pattern that matches nothing leaves no layers,
+    # and the other tensors go where others= says.
+    st = PipelineStage(1, 2, layer_pattern=r"blk\.(\d+)\.", others="last")
+    assert len(load_parallel(path, ShardPlan(select=st, strict=False))) == \
+        len(_ref(path))
 
 
 def test_first_match_wins(llama):
