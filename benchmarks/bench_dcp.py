@@ -22,7 +22,8 @@ Shard(1), 1-D Shard(0)).
 Method (shared/BENCHMARKS.md): one pair of rank processes per workload; every contender first
 saves once and loads that checkpoint back into a zeroed destination, which must equal what was
 saved (untimed; a wrong contender is excluded from the ratios); then one warm-up round and N
-rounds alternating the contenders (A B C ... A B C ...), saves first, then loads. Every save goes
+rounds alternating the contenders (A B C ... A B C ...) for the saves, then 3N (--load-rounds;
+loads are cheap and their spread is wider) for the loads. Every save goes
 to a fresh directory, removed after the round; every load reads the contender's own checkpoint,
 read once from the page cache before each round (warm cache), into the same pre-allocated (and
 already faulted-in) destination DTensors. A barrier precedes each measurement; a round's time is
@@ -30,7 +31,8 @@ the slower rank's; peak = VmHWM growth of a rank during the operation (reset thr
 /proc/self/clear_refs), the larger of the two.
 
 Usage:
-  .venv/bin/python benchmarks/bench_dcp.py [--rounds N] [--workloads gpt2-fsdp,big-fsdp,big-tp]
+  .venv/bin/python benchmarks/bench_dcp.py [--rounds N] [--load-rounds M]
+                                           [--workloads gpt2-fsdp,big-fsdp,big-tp]
                                            [--contenders ours,hf,hf-consolidated,fs]
                                            [--workdir DIR] [--no-write]
   .venv/bin/python benchmarks/bench_dcp.py --quick   # smoke run (< 1 min): tiny, writes nothing
@@ -209,10 +211,12 @@ def _fsync_tree(path: str) -> int:
     return n
 
 
-def _read_tree(path: str) -> int:
-    """Reads every file under path once (warm page cache)."""
+def _read_tree(path: str, top_only: bool = False) -> int:
+    """Reads every file under path (or only those directly in it) once (warm page cache)."""
     n = 0
     for d, _, files in os.walk(path):
+        if top_only and d != path:
+            continue
         for f in files:
             with open(os.path.join(d, f), "rb", buffering=0) as fh:
                 while True:
@@ -490,14 +494,15 @@ class Rank:
 
         def measure_load(c: str) -> dict:
             if self.rank == 0 and c in self.ckpt:
-                _read_tree(self.ckpt[c])
+                _read_tree(self.ckpt[c], top_only=True)
             return self.timed("load", c, self.ckpt.get(c, ""))
 
         ops = self.job.get("ops", ["save", "load"])
         out["save"] = C.alternate([c for c in good if c not in LOAD_ONLY] if "save" in ops
                                   else [], rounds, warmup, measure_save,
                                   lambda s: progress("save " + s))
-        out["load"] = C.alternate(good if "load" in ops else [], rounds, warmup, measure_load,
+        out["load"] = C.alternate(good if "load" in ops else [], self.job["load_rounds"], warmup,
+                                  measure_load,
                                   lambda s: progress("load " + s))
         # The profile pass: one more save and load per contender with the os-module syscall
         # counters installed (their overhead stays out of the rounds above).
@@ -651,8 +656,8 @@ def render(results: dict) -> str:
          f"`load(dest, storage_reader=...)`. Every contender first saves once and loads that "
          f"checkpoint into zeroed DTensors, which must equal what was saved (untimed; a "
          f"contender that fails is excluded). Then {'no' if not args['warmup'] else 'one'} "
-         f"warm-up round and {args['rounds']} rounds alternating the contenders (saves, then "
-         f"loads). Each save writes a fresh directory (removed after the round); each load reads "
+         f"warm-up round and {args['rounds']} rounds alternating the contenders for the saves, "
+         f"then {args.get('load_rounds', args['rounds'])} for the loads. Each save writes a fresh directory (removed after the round); each load reads "
          f"the contender's own checkpoint from a warm page cache (read once before each round) "
          f"into the same pre-allocated, already faulted-in destination (DCP load materializes: "
          f"every byte lands in the destination tensors). A barrier precedes each measurement; "
@@ -798,6 +803,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--workloads")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--load-rounds", type=int,
+                    help="rounds of the loads (cheaper than saves; default 3x --rounds)")
     ap.add_argument("--ops", default="save,load", help="diagnostics: save, load or both")
     ap.add_argument("--no-profile", action="store_true", help="skip the os-call profile pass")
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: benchmarks/out)")
@@ -822,6 +829,7 @@ def main() -> int:
         return 0
 
     rounds = args.rounds or (1 if args.quick else 3)
+    load_rounds = args.load_rounds or (1 if args.quick else 3 * rounds)
     warmup = not args.quick
     workloads = (args.workloads or (QUICK_WORKLOADS if args.quick else DEFAULT_WORKLOADS)
                  ).split(",")
@@ -839,7 +847,8 @@ def main() -> int:
     results = {"info": info, "command": C.command_line(), "contenders": contenders,
                "ours_rev": ours_revision() if not missing else None,
                "ours_missing": missing, "dims": dims,
-               "args": {"quick": args.quick, "rounds": rounds, "warmup": warmup},
+               "args": {"quick": args.quick, "rounds": rounds, "warmup": warmup,
+                        "load_rounds": load_rounds},
                "workloads": {}}
     t_start = time.time()
     try:
@@ -847,6 +856,7 @@ def main() -> int:
             size, placement = wl.split("-")
             job = {"workload": wl, "dims": dims[size], "placement": placement,
                    "contenders": contenders, "rounds": rounds, "warmup": warmup,
+                   "load_rounds": load_rounds,
                    "work": str(work / wl), "pg_timeout": 600, "ops": args.ops.split(","),
                    "profile": not args.no_profile}
             _log(f"workload {wl} {dims[size]} ({time.time() - t_start:.0f} s so far)")
