@@ -440,19 +440,27 @@ static st_status build(st_file *f, const walk *w, uint64_t file_size, uint64_t n
   return ST_OK;
 }
 
-/* Framing: N from the first 8 bytes, checked against the limit and size. */
+/* Framing: N from the first 8 bytes, checked against the limit and size.
+ * A file that fails it is named by what it looks like when we know. */
+static st_status framing_fail(st_error *err, st_status code, const char *msg,
+                              const unsigned char *first8, uint64_t file_size) {
+  const char *what = st__sniff(first8, first8 != NULL ? HDR : 0, file_size);
+  return st__fail(err, code, what != NULL ? what : msg, 0, NULL, 0, 0);
+}
+
 st_status st__framing(const unsigned char *first8, uint64_t file_size,
                          const st_open_options *o, uint64_t *n_out, st_error *err) {
   if (file_size < HDR)
-    return st__fail(err, ST_ERR_HEADER_TOO_SMALL, "file shorter than 8 bytes", 0, NULL, 0, 0);
+    return framing_fail(err, ST_ERR_HEADER_TOO_SMALL, "file shorter than 8 bytes", NULL, file_size);
   uint64_t n = 0;
   for (int i = 7; i >= 0; i--) n = (n << 8) | first8[i];
   if (n > o->max_header_size)
-    return st__fail(err, ST_ERR_HEADER_TOO_LARGE, "header length over the limit", 0, NULL, 0, 0);
+    return framing_fail(err, ST_ERR_HEADER_TOO_LARGE, "header length over the limit", first8,
+                        file_size);
   uint64_t stop;
   if (st__add_overflow_u64(n, HDR, &stop) || stop > file_size)
-    return st__fail(err, ST_ERR_INVALID_HEADER_LENGTH, "header length points past the end of the file",
-                    0, NULL, 0, 0);
+    return framing_fail(err, ST_ERR_INVALID_HEADER_LENGTH,
+                        "header length points past the end of the file", first8, file_size);
   size_t ns;
   if (!st__u64_to_size(n, &ns))
     return st__fail(err, ST_ERR_HEADER_TOO_LARGE, "header length does not fit in memory", 0, NULL, 0, 0);

@@ -17,4 +17,10 @@ unsigned st__dtype_bits(st_dtype dtype);
  * descending); not the enum number. */
 unsigned st__dtype_rank(st_dtype dtype);
 
+/* What a file that is not safetensors looks like, from its first n bytes
+ * (p may be NULL when n is 0) and its size: a constant message starting
+ * "not a safetensors file: ", or NULL when the bytes are nothing we know.
+ * Only asked after the framing failed, so a valid file is never named. */
+const char *st__sniff(const unsigned char *p, size_t n, uint64_t file_size);
+
 #endif /* ST_CORE_INTERNAL_H */
