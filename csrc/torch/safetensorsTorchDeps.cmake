@@ -24,13 +24,30 @@ function(st_torch_import prefix cxx11_abi)
     INTERFACE_COMPILE_FEATURES cxx_std_20)
 endfunction()
 
-# Finds the LibTorch prefix and ABI: an explicit prefix wins, then Torch_DIR
-# (<prefix>/share/cmake/Torch), then `import torch` with the given Python.
+# Finds the LibTorch prefix and ABI the ways LibTorch itself is found: an
+# explicit prefix wins, then Torch_DIR (<prefix>/share/cmake/Torch, set by
+# -DTorch_DIR or an earlier find_package(Torch)), then TorchConfig.cmake under
+# CMAKE_PREFIX_PATH (a libtorch directory, or a pip torch's
+# torch.utils.cmake_prefix_path), then `import torch` with the given Python.
 # Sets <out_prefix> and <out_abi> in the caller; prefix empty when not found.
 function(st_torch_locate explicit_prefix python out_prefix out_abi)
   set(prefix "${explicit_prefix}")
   if(NOT prefix AND Torch_DIR)
     get_filename_component(prefix "${Torch_DIR}/../../.." ABSOLUTE)
+  endif()
+  if(NOT prefix)
+    set(roots ${CMAKE_PREFIX_PATH})
+    if(DEFINED ENV{CMAKE_PREFIX_PATH})
+      string(REPLACE ":" ";" env_roots "$ENV{CMAKE_PREFIX_PATH}")
+      list(APPEND roots ${env_roots})
+    endif()
+    foreach(root IN LISTS roots)
+      foreach(sub Torch share/cmake/Torch)
+        if(NOT prefix AND EXISTS "${root}/${sub}/TorchConfig.cmake")
+          get_filename_component(prefix "${root}/${sub}/../../.." ABSOLUTE)
+        endif()
+      endforeach()
+    endforeach()
   endif()
   set(abi "")
   if(python AND EXISTS "${python}")
