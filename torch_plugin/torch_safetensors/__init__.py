@@ -7,9 +7,17 @@ the reference writer writes. On top of it:
 * :mod:`torch_safetensors.torch` -- a drop-in for ``safetensors.torch``
   (``safe_open``, ``save_file``, ``load_file``, ``save``, ``load``,
   ``save_model``, ``load_model``);
+* the rest of ``safetensors``' own surface (``TensorSpec``, ``serialize``,
+  ``serialize_file``, ``deserialize``) and :mod:`torch_safetensors.numpy`,
+  a drop-in for ``safetensors.numpy``;
 * :mod:`torch_safetensors.sharded` -- Hugging Face sharded checkpoints;
 * ``torch.save(obj, f, format="safetensors")`` / ``torch.load(f)``, installed
-  on import and by torch's ``torch.backends`` entry-point autoload.
+  on import and by torch's ``torch.backends`` entry-point autoload;
+* :func:`patch_safetensors` / :func:`unpatch_safetensors` -- route the
+  reference package's ``safe_open``, ``load_file`` and ``load`` (also where
+  libraries such as transformers imported them) here; or set
+  ``TORCH_SAFETENSORS_PATCH=1`` before torch_safetensors (or torch) is
+  imported.
 
 Example::
 
@@ -53,8 +61,10 @@ from .errors import (
     SafetensorValueError,
 )
 from .torch import load_file, load_model, safe_open, save_file, save_model
+from ._serialize import TensorSpec, deserialize, serialize, serialize_file
 from .sharded import load_sharded, save_sharded
 from ._hook import install, uninstall
+from ._patch import patch_safetensors, unpatch_safetensors
 
 #: The one version (include/safetensors.h's ST_VERSION_*, which CMake and the
 #: wheel's metadata also read), as the bundled C library reports it.
@@ -64,6 +74,8 @@ c_version = _C.VERSION
 
 
 install()
+# TORCH_SAFETENSORS_PATCH=1: route the reference package's loaders here.
+_patch.patch_from_environment()
 
 __all__ = [
     "SafetensorError",
@@ -77,14 +89,20 @@ __all__ = [
     "SafetensorSharedTensorError",
     "SafetensorTypeError",
     "SafetensorValueError",
+    "TensorSpec",
+    "deserialize",
     "install",
     "load_file",
     "load_model",
     "load_sharded",
+    "patch_safetensors",
     "safe_open",
     "save_file",
     "save_model",
     "save_sharded",
+    "serialize",
+    "serialize_file",
     "uninstall",
+    "unpatch_safetensors",
     "__version__",
 ]
