@@ -86,6 +86,12 @@ int st__cli_index_load(const char *path, st__cli_index *out, char *msg,
                        size_t msg_cap, uint64_t *offset);
 void st__cli_index_free(st__cli_index *idx);
 
+/* True when path names an index (a name ending in .json), for every verb. */
+int st__cli_is_index(const char *path);
+
+/* A shard's path: name joined to the index's folder (caller frees). */
+char *st__cli_shard_path(const char *index_path, const char *name);
+
 /* Verbs. argv[0] is the verb. */
 int st__cli_inspect(int argc, char **argv);
 int st__cli_verify(int argc, char **argv);

@@ -238,3 +238,18 @@ void st__cli_index_free(st__cli_index *idx) {
   free(idx->shard_of);
   memset(idx, 0, sizeof *idx);
 }
+
+int st__cli_is_index(const char *path) {
+  size_t n = strlen(path), m = strlen(".json");
+  return n >= m && strcmp(path + n - m, ".json") == 0;
+}
+
+char *st__cli_shard_path(const char *index_path, const char *name) {
+  const char *slash = strrchr(index_path, '/');
+  size_t dir = slash ? (size_t)(slash - index_path) + 1 : 0;
+  size_t n = strlen(name);
+  char *p = st__cli_xmalloc(dir + n + 1);
+  memcpy(p, index_path, dir);
+  memcpy(p + dir, name, n + 1);
+  return p;
+}

@@ -260,21 +260,6 @@ static int inspect_file(const char *path, const opts *o) {
   return ST_CLI_OK;
 }
 
-static int ends_with(const char *s, const char *suffix) {
-  size_t n = strlen(s), m = strlen(suffix);
-  return n >= m && strcmp(s + n - m, suffix) == 0;
-}
-
-static char *join_dir(const char *index_path, const char *name) {
-  const char *slash = strrchr(index_path, '/');
-  size_t dir = slash ? (size_t)(slash - index_path) + 1 : 0;
-  size_t n = strlen(name);
-  char *p = st__cli_xmalloc(dir + n + 1);
-  memcpy(p, index_path, dir);
-  memcpy(p + dir, name, n + 1);
-  return p;
-}
-
 static int inspect_index(const char *path, const opts *o) {
   st__cli_index idx;
   char msg[256];
@@ -299,7 +284,7 @@ static int inspect_index(const char *path, const opts *o) {
   unsigned char **used = st__cli_xmalloc((ns ? ns : 1) * sizeof *used);
   int result = ST_CLI_OK;
   for (size_t s = 0; s < ns; s++) {
-    paths[s] = join_dir(path, idx.shard_names[s].p);
+    paths[s] = st__cli_shard_path(path, idx.shard_names[s].p);
     files[s] = NULL;
     used[s] = NULL;
     int r = open_or_report(paths[s], &files[s]);
@@ -499,6 +484,6 @@ int st__cli_inspect(int argc, char **argv) {
     fprintf(stderr, "safetensors inspect: no file given\n\n%s", inspect_usage);
     return ST_CLI_ERROR;
   }
-  return ends_with(path, ".json") ? inspect_index(path, &o)
+  return st__cli_is_index(path) ? inspect_index(path, &o)
                                   : inspect_file(path, &o);
 }

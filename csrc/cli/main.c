@@ -11,8 +11,10 @@ static const char usage[] =
     "Commands:\n"
     "  inspect FILE|INDEX.json [--json]  tensors, metadata and totals of a file\n"
     "                                    or of a sharded checkpoint's shards\n"
-    "  verify FILE...                    full validation; exit 0 valid, 1\n"
-    "                                    invalid, 2 usage or I/O error\n"
+    "  verify FILE|INDEX.json...         full validation (of an index: of\n"
+    "                                    every shard and the weight_map);\n"
+    "                                    exit 0 valid, 1 invalid, 2 usage\n"
+    "                                    or I/O error\n"
     "  help [COMMAND]                    this text, or a command's\n"
     "\n"
     "Options:\n"
@@ -27,9 +29,11 @@ static verb_fn find_verb(const char *name) {
   return NULL;
 }
 
-/* stdout may be a full disk or a closed pipe: say so instead of exiting 0. */
+/* stdout may be a full disk: say so instead of exiting 0. A closed pipe
+ * (`| head -1`) is the reader's choice: end quietly with the verdict. */
 static int finish(int rc) {
   if (fflush(stdout) != 0 || ferror(stdout)) {
+    if (errno == EPIPE) return rc;
     fprintf(stderr, "safetensors: writing output failed: %s\n",
             strerror(errno));
     return ST_CLI_ERROR;

@@ -10,7 +10,7 @@
 #define READ_CHUNK ((size_t)16 << 20)
 
 static const char verify_usage[] =
-    "usage: safetensors verify [-q] FILE...\n"
+    "usage: safetensors verify [-q] FILE|INDEX.json...\n"
     "\n"
     "Validates each file completely: the header and every rule of the format\n"
     "(opened with the default mmap backend), then reads every tensor's bytes\n"
@@ -19,6 +19,12 @@ static const char verify_usage[] =
     "  INVALID <file>: ST_ERR_NAME: message at offset X (tensor 'name')\n"
     "and for files that cannot be read, on stderr:\n"
     "  ERROR <file>: ST_ERR_IO: message (reason)\n"
+    "\n"
+    "A sharded checkpoint's index (a name ending in .json, HF layout) is\n"
+    "checked itself, then every shard it names is verified as above, and\n"
+    "every weight_map entry must be a tensor of its shard:\n"
+    "  OK <index>: S shards, N weight_map entries\n"
+    "  INVALID <index>: weight_map entry 'name' is not in shard <file>\n"
     "\n"
     "  -q, --quiet  print only the files that fail\n"
     "  -h, --help   this text\n"
@@ -98,6 +104,81 @@ static int verify_one(const char *path, int quiet, unsigned char **buf,
   return rc;
 }
 
+static void index_line(const char *prefix, const char *path, const char *text,
+                       FILE *stream) {
+  st__cli_buf b = {0};
+  st__cli_buf_puts(&b, prefix);
+  st__cli_escape_text(&b, path, strlen(path));
+  st__cli_buf_puts(&b, ": ");
+  st__cli_buf_puts(&b, text);
+  st__cli_buf_put(&b, "\n", 1);
+  st__cli_flush(&b, stream);
+  st__cli_buf_free(&b);
+}
+
+/* The index, then each shard once, then every weight_map entry in its
+ * shard. */
+static int verify_index(const char *path, int quiet, unsigned char **buf,
+                        size_t *buf_cap) {
+  st__cli_index idx;
+  char msg[256];
+  uint64_t off = UINT64_MAX;
+  int rc = st__cli_index_load(path, &idx, msg, sizeof msg, &off);
+  if (rc != ST_CLI_OK) {
+    char text[320];
+    if (off != UINT64_MAX)
+      snprintf(text, sizeof text, "invalid index: %s at offset %llu", msg,
+               (unsigned long long)off);
+    else
+      snprintf(text, sizeof text, "invalid index: %s", msg);
+    index_line(rc == ST_CLI_ERROR ? "ERROR " : "INVALID ", path, text,
+               rc == ST_CLI_ERROR ? stderr : stdout);
+    return rc;
+  }
+  int worst = ST_CLI_OK;
+  st_file **files = st__cli_xmalloc((idx.shard_count ? idx.shard_count : 1) *
+                                    sizeof *files);
+  for (size_t s = 0; s < idx.shard_count; s++) {
+    char *shard = st__cli_shard_path(path, idx.shard_names[s].p);
+    int r = verify_one(shard, quiet, buf, buf_cap);
+    if (r > worst) worst = r;
+    files[s] = NULL;
+    if (r == ST_CLI_OK && st_open(shard, NULL, &files[s], NULL) != ST_OK)
+      files[s] = NULL;
+    free(shard);
+  }
+  size_t missing = 0;
+  for (size_t i = 0; i < idx.count; i++) {
+    st_file *f = files[idx.shard_of[i]];
+    size_t at;
+    if (!f) continue; /* the shard's own line says why */
+    if (st_tensor_find(f, idx.tensors[i].p, idx.tensors[i].len, &at) == ST_OK)
+      continue;
+    missing++;
+    st__cli_buf b = {0};
+    st__cli_buf_puts(&b, "INVALID ");
+    st__cli_escape_text(&b, path, strlen(path));
+    st__cli_buf_puts(&b, ": weight_map entry '");
+    st__cli_escape_text(&b, idx.tensors[i].p, idx.tensors[i].len);
+    st__cli_buf_puts(&b, "' is not in shard ");
+    st__cli_escape_text(&b, idx.shards[i].p, idx.shards[i].len);
+    st__cli_buf_put(&b, "\n", 1);
+    st__cli_flush(&b, stdout);
+    st__cli_buf_free(&b);
+  }
+  if (missing > 0 && worst < ST_CLI_INVALID) worst = ST_CLI_INVALID;
+  if (worst == ST_CLI_OK && !quiet) {
+    char text[96];
+    snprintf(text, sizeof text, "%zu shards, %zu weight_map entries",
+             idx.shard_count, idx.count);
+    index_line("OK ", path, text, stdout);
+  }
+  for (size_t s = 0; s < idx.shard_count; s++) st_close(files[s]);
+  free(files);
+  st__cli_index_free(&idx);
+  return worst;
+}
+
 int st__cli_verify(int argc, char **argv) {
   int quiet = 0, only_args = 0, nfiles = 0;
   for (int i = 1; i < argc; i++) {
@@ -132,7 +213,8 @@ int st__cli_verify(int argc, char **argv) {
       continue;
     }
     if (!only_args && a[0] == '-' && a[1] != '\0') continue;
-    int rc = verify_one(a, quiet, &buf, &buf_cap);
+    int rc = st__cli_is_index(a) ? verify_index(a, quiet, &buf, &buf_cap)
+                                 : verify_one(a, quiet, &buf, &buf_cap);
     if (rc > worst) worst = rc;
     fflush(stdout);
   }
