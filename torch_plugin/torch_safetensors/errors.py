@@ -23,6 +23,7 @@ FileNotFoundError, ...) keeps working::
 from __future__ import annotations
 
 import errno as _errno
+import os as _os
 from typing import Optional, Type
 
 from . import _C
@@ -77,6 +78,15 @@ class SafetensorKeyError(SafetensorError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class SafetensorUnsupportedDtypeError(SafetensorTypeError, KeyError):
+    """A torch dtype the format has no name for (complex128, quint8, ...).
+
+    Also a KeyError, which is what the reference raises for them."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
 class SafetensorMemoryError(SafetensorError, MemoryError):
     """The C library could not allocate."""
 
@@ -124,14 +134,21 @@ _C._set_error_factory(_factory)
 def make_error(cls: Type[SafetensorError], message: str,
                status: int = ST_ERR_INVALID_ARGUMENT,
                tensor_name: Optional[str] = None,
-               offset: Optional[int] = None) -> SafetensorError:
-    """Builds an exception of cls with the same fields as the C layer's."""
+               offset: Optional[int] = None, *,
+               reference: bool = False) -> SafetensorError:
+    """Builds an exception of cls with the same fields as the C layer's.
+
+    Our flavour appends the status, offset and tensor name to the message;
+    the drop-in's (``reference=True``) is the reference's message alone,
+    with the same fields as attributes."""
     name = _C.status_name(status)
-    text = f"{message} [{name}, status {status}]"
-    if offset is not None:
-        text += f" at byte offset {offset}"
-    if tensor_name is not None:
-        text += f", tensor {tensor_name!r}"
+    text = message
+    if not reference:
+        text = f"{message} [{name}, status {status}]"
+        if offset is not None:
+            text += f" at byte offset {offset}"
+        if tensor_name is not None:
+            text += f", tensor {tensor_name!r}"
     exc = cls(text)
     exc.status = status
     exc.status_name = name
@@ -142,11 +159,121 @@ def make_error(cls: Type[SafetensorError], message: str,
     return exc
 
 
+# -- The drop-in's flavour -------------------------------------------------
+
+#: What the reference (safetensors 0.8.0) says after "Error while
+#: deserializing header: " for each refusal of the format that it shares;
+#: None: the reference's words followed by our own message. Statuses not
+#: listed are our stricter rules (duplicate names, NUL characters, limits):
+#: our message alone.
+_REFERENCE_TEXT = {
+    4: "header too small",                                # HEADER_TOO_SMALL
+    5: "header too large",                                # HEADER_TOO_LARGE
+    6: "invalid header length",                           # INVALID_HEADER_LENGTH
+    7: "invalid UTF-8 in header: {}",                     # INVALID_HEADER
+    8: "invalid JSON in header: {}",                      # HEADER_DESERIALIZATION
+    9: "overflow computing buffer size from shape and/or element type",
+    10: "The slice is slicing for subbytes dtypes, and the slice does not "
+        "end up at a byte boundary, this is invalid.",    # MISALIGNED_SLICE
+    11: "invalid shape, data type, or offset for tensor",  # INVALID_TENSOR_INFO
+    12: "invalid offset for tensor `{name}`",              # INVALID_OFFSET
+    13: "incomplete metadata, file not fully covered",    # INCOMPLETE_BUFFER
+}
+
+#: Statuses of a file that does not parse (the reference's
+#: "Error while deserializing header: ..." family).
+_FORMAT_STATUSES = frozenset(range(4, 17)) | {21}
+
+
+def c_message(exc: SafetensorError) -> str:
+    """The C library's message of exc, without the fields that our flavour
+    appends (status, offset, tensor, errno, file)."""
+    text = str(exc.args[0]) if exc.args else ""
+    tail = f" [{getattr(exc, 'status_name', '')}, status " \
+           f"{getattr(exc, 'status', '')}]"
+    head, sep, _ = text.partition(tail)
+    return head if sep else text
+
+
+def reference_message(exc: SafetensorError, source: str = "file") -> str:
+    """The reference's message for the failure exc reports.
+
+    source: ``"file"`` (safe_open, load_file: "Error while deserializing
+    header: ...") or ``"bytes"`` (load, deserialize: "Error while
+    deserializing: ...")."""
+    status = getattr(exc, "status", None)
+    ours = c_message(exc)
+    if status == ST_ERR_IO:
+        err = getattr(exc, "sys_errno", 0) or 0
+        if err == _errno.ENOENT:
+            return f"No such file or directory: {exc.filename}"
+        if err:
+            return f"{_os.strerror(err)} (os error {err})"
+        return ours
+    if status in _FORMAT_STATUSES:
+        prefix = ("Error while deserializing header: " if source == "file"
+                  else "Error while deserializing: ")
+        text = _REFERENCE_TEXT.get(status)
+        if text is None:
+            return prefix + ours
+        text = text.format(ours, name=getattr(exc, "tensor_name", None))
+        if "not a safetensors file" in ours:
+            text += f" ({ours})"  # says what the file looks like
+        return prefix + text
+    return ours
+
+
+def as_reference(exc: SafetensorError, source: str = "file"
+                 ) -> SafetensorError:
+    """exc (of our flavour, e.g. from the C layer) as the drop-in raises it:
+    the same class and fields (status, status_name, offset, tensor_name,
+    sys_errno, filename, errno), the reference's message, and ours in
+    ``detail``. Errors already of the drop-in's flavour come back as they
+    are."""
+    if getattr(exc, "detail", None) is not None or \
+            getattr(exc, "status", None) is None:
+        return exc
+    new = type(exc)(reference_message(exc, source))
+    for attr in ("status", "status_name", "offset", "tensor_name",
+                 "sys_errno", "filename"):
+        setattr(new, attr, getattr(exc, attr, None))
+    if isinstance(exc, OSError):
+        new.errno = exc.errno
+    new.detail = str(exc)
+    return new
+
+
+class reference_errors:
+    """Context manager: a SafetensorError raised inside leaves with the
+    reference's message (:func:`as_reference`)::
+
+        with reference_errors("file"):
+            f = _C.File(path)
+    """
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: str = "file") -> None:
+        self.source = source
+
+    def __enter__(self) -> "reference_errors":
+        return self
+
+    def __exit__(self, tp, value, tb) -> bool:
+        if value is not None and isinstance(value, SafetensorError):
+            new = as_reference(value, self.source)
+            if new is not value:
+                raise new.with_traceback(tb) from None
+        return False
+
+
 def wrap(exc: BaseException, cls: Type[SafetensorError],
          tensor_name: Optional[str] = None,
-         status: int = ST_ERR_INVALID_ARGUMENT) -> SafetensorError:
+         status: int = ST_ERR_INVALID_ARGUMENT, *,
+         reference: bool = False) -> SafetensorError:
     """Our exception for a refusal that came from torch (same message)."""
-    return make_error(cls, str(exc).strip().strip("'\""), status, tensor_name)
+    return make_error(cls, str(exc).strip().strip("'\""), status, tensor_name,
+                      reference=reference)
 
 
 __all__ = [
@@ -154,7 +281,9 @@ __all__ = [
     "SafetensorSharedTensorError", "SafetensorOverlapError",
     "SafetensorRecordError", "SafetensorRecordVersionError",
     "SafetensorIndexError",
-    "SafetensorKeyError", "SafetensorMemoryError", "SafetensorOSError",
+    "SafetensorKeyError", "SafetensorUnsupportedDtypeError",
+    "SafetensorMemoryError", "SafetensorOSError",
     "SafetensorFileNotFoundError", "SafetensorPermissionError",
-    "SafetensorIsADirectoryError", "make_error",
+    "SafetensorIsADirectoryError", "make_error", "as_reference",
+    "reference_message",
 ]

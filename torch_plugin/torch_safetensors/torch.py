@@ -40,11 +40,19 @@ Deliberate differences from the reference (all stricter or fixes):
       reference fails on every F4 slice), and on F6 (raw bytes, see
       :mod:`torch_safetensors._dtypes`);
     * ``device`` may also be a ``torch.device`` or ``"cpu:0"``;
-    * only ``framework="pt"`` is served.
+    * ``framework="numpy"`` slices: an empty range gives an empty array
+      (the reference: SystemError);
+    * frameworks other than ``"pt"`` and ``"numpy"`` are refused at open.
+
+Errors carry the reference's type and message (``str(e)``); our status,
+offset, tensor name and own message stay as attributes (``status``,
+``status_name``, ``offset``, ``tensor_name``, ``detail``).
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import os
 from typing import (Any, Dict, Iterable, List, Optional, Set, Tuple, Union,
                     TYPE_CHECKING)
@@ -70,14 +78,19 @@ from ._io import (
     view_all,
     view_tensor,
 )
+from ._serialize import TensorSpec, deserialize, serialize, serialize_file
 from .errors import (
     ST_ERR_NOT_FOUND,
     SafetensorError,
+    SafetensorUnsupportedDtypeError,
+    as_reference,
+    reference_errors,
     SafetensorIndexError,
     SafetensorKeyError,
     SafetensorSharedTensorError,
     SafetensorTypeError,
     SafetensorValueError,
+    c_message,
     make_error,
     wrap,
 )
@@ -87,32 +100,91 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "safe_open", "save_file", "load_file", "save", "load", "save_model",
-    "load_model",
+    "load_model", "storage_ptr", "storage_size", "TensorSpec", "serialize",
+    "serialize_file", "deserialize",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 _FRAMEWORKS = ("pt", "torch", "pytorch")
+_NUMPY = ("np", "numpy")
+#: Frameworks the reference knows and this package does not serve.
+_OTHERS = ("tf", "tensorflow", "flax", "jax", "mlx", "paddle")
+
+
+def _ref_error(cls, message, *args, **kwargs):
+    """make_error in the drop-in's flavour: the message alone; status,
+    offset and tensor name as attributes."""
+    return make_error(cls, message, *args, reference=True, **kwargs)
+
+
+class SafetensorMetaTensorError(SafetensorUnsupportedTensorError,
+                                NotImplementedError):
+    """save/save_file given a meta tensor (no data). Also the
+    NotImplementedError (a RuntimeError) that the reference raises."""
+
+
+class SafetensorNestedTensorError(SafetensorUnsupportedTensorError,
+                                  RuntimeError):
+    """save/save_file given a nested tensor. Also the RuntimeError that the
+    reference raises."""
+
+
+class SafetensorNumpyDtypeError(SafetensorError, AttributeError):
+    """framework="numpy" and a dtype numpy has no attribute for (F8, F4,
+    F6): the AttributeError that the reference raises."""
 
 
 # --------------------------------------------------------------------------
 # Arguments
 # --------------------------------------------------------------------------
 
-def _check_framework(framework: str) -> None:
-    if framework not in _FRAMEWORKS:
-        raise make_error(
+def _check_framework(framework: str) -> str:
+    """"pt" or "numpy" (what framework asks for), or the reference's
+    refusal of an unknown one; one it knows that we do not serve (tf, flax,
+    mlx, paddle) is refused saying so."""
+    if framework in _FRAMEWORKS:
+        return "pt"
+    if framework in _NUMPY:
+        return "numpy"
+    if framework in _OTHERS:
+        raise _ref_error(
             SafetensorValueError,
-            f"framework {framework!r} is not supported: torch_safetensors "
-            f"serves torch tensors (framework=\"pt\")")
+            f"framework {framework} is not served by torch_safetensors "
+            f"(it serves \"pt\" and \"numpy\")")
+    raise _ref_error(SafetensorError, f"framework {framework} is invalid")
 
 
 def _check_backend(backend: str) -> None:
     if backend not in ("mmap", "pread"):
-        raise make_error(
+        raise _ref_error(
             SafetensorValueError,
             f'backend "{backend}" is invalid (expected one of: "mmap", '
             f'"pread")')
+
+
+def _dropin(source: str):
+    """Our errors leave the decorated drop-in function with the reference's
+    message (errors.as_reference; status, offset, tensor name and our own
+    message, ``detail``, stay as attributes). source: "file" or "bytes"."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            with reference_errors(source):
+                return fn(*args, **kwargs)
+        return inner
+    return deco
+
+
+#: File dtypes numpy has no type for, and the attribute the reference looks
+#: up for each (its AttributeError); BF16 is refused by name (TypeError).
+_NUMPY_ABSENT = {
+    r.name: r.torch_name for r in _C.dtypes()
+    if r.name not in ("BF16",) and r.torch_name not in (
+        "bool", "uint8", "int8", "int16", "uint16", "float16", "int32",
+        "uint32", "float32", "complex64", "float64", "int64", "uint64")}
+for _n in _dtypes.RAW_BYTES:  # the reference: "Dtype not understood"
+    _NUMPY_ABSENT.pop(_n, None)
 
 
 # --------------------------------------------------------------------------
@@ -124,7 +196,10 @@ class safe_open:
 
     Args:
         filename: the file to open (``str`` or ``os.PathLike``).
-        framework: ``"pt"`` (the only one served).
+        framework: ``"pt"`` (also ``"torch"``, ``"pytorch"``): torch
+            tensors; ``"numpy"`` (or ``"np"``): numpy arrays, CPU only, of
+            the dtypes numpy has (BF16, F8, F4 and F6 are refused as the
+            reference refuses them).
         device: where the tensors go: ``"cpu"`` (default), ``"cuda:0"``, an
             int, or a ``torch.device``.
         backend: ``"mmap"`` (default; CPU tensors are zero-copy, writable
@@ -138,12 +213,19 @@ class safe_open:
                 t = f.get_tensor(name)
     """
 
+    @_dropin("file")
     def __init__(self, filename: PathLike, framework: str = "pt",
                  device: Union[str, int, torch.device] = "cpu", *,
                  backend: str = "mmap") -> None:
-        _check_framework(framework)
+        self._framework = _check_framework(framework)
         _check_backend(backend)
         self._device = parse_device(device)
+        if self._framework == "numpy" and not is_cpu(self._device):
+            shown = device if isinstance(device, int) else \
+                f"{self._device.type}:{self._device.index or 0}"
+            raise _ref_error(
+                SafetensorError,
+                f"Device {shown} is not supported for framework numpy")
         self._backend = backend
         self._file = open_file(filename, backend=backend, writable=True)
         # Built on first need: listing names or reading one tensor of a
@@ -181,12 +263,12 @@ class safe_open:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise make_error(SafetensorError, "File is closed")
+            raise _ref_error(SafetensorError, "File is closed")
 
     def _lookup(self, name: str) -> int:
         self._check_open()
         if not isinstance(name, str):
-            raise make_error(SafetensorTypeError,
+            raise _ref_error(SafetensorTypeError,
                              f"argument 'name': '{type(name).__name__}' "
                              f"object is not an instance of 'str'")
         if self._index_cache is not None:
@@ -197,7 +279,7 @@ class safe_open:
             except (KeyError, UnicodeError):
                 k = None
         if k is None:
-            raise make_error(SafetensorKeyError,
+            raise _ref_error(SafetensorKeyError,
                              f"File does not contain tensor {name}",
                              ST_ERR_NOT_FOUND, tensor_name=name)
         return k
@@ -231,13 +313,46 @@ class safe_open:
             return t
         return t.to(self._device)
 
-    def get_tensor(self, name: str) -> torch.Tensor:
-        """The whole tensor ``name`` (on the requested device)."""
-        return self._place(self._cpu_tensor(self._lookup(name)))
+    def _numpy(self, info: "_C.TensorInfo", t: torch.Tensor) -> Any:
+        """t (a CPU tensor of info) as the numpy array the reference gives:
+        sharing t's memory (writable), in numpy's dtype."""
+        return t.numpy()
 
-    def get_tensors(self) -> Dict[str, torch.Tensor]:
+    def _check_numpy(self, info: "_C.TensorInfo") -> None:
+        if info.dtype in _dtypes.RAW_BYTES:
+            raise _ref_error(SafetensorError,
+                             f"Dtype not understood: {info.dtype}",
+                             tensor_name=info.name)
+        if info.dtype in _NUMPY_ABSENT:
+            raise _ref_error(SafetensorNumpyDtypeError,
+                             f"module 'numpy' has no attribute "
+                             f"'{_NUMPY_ABSENT[info.dtype]}'",
+                             tensor_name=info.name)
+        if info.dtype == "BF16":
+            raise _ref_error(SafetensorTypeError,
+                             "data type 'bfloat16' not understood",
+                             tensor_name=info.name)
+
+    @_dropin("file")
+    def get_tensor(self, name: str) -> Any:
+        """The whole tensor ``name`` (on the requested device; a numpy
+        array with ``framework="numpy"``)."""
+        k = self._lookup(name)
+        if self._framework == "numpy":
+            info = self._info(k)
+            self._check_numpy(info)
+            return self._numpy(info, self._cpu_tensor(k))
+        return self._place(self._cpu_tensor(k))
+
+    @_dropin("file")
+    def get_tensors(self) -> Dict[str, Any]:
         """Every tensor, keyed by name, in file order."""
         self._check_open()
+        if self._framework == "numpy":
+            for info in self._infos:
+                self._check_numpy(info)
+            return {info.name: self._numpy(info, self._cpu_tensor(k))
+                    for k, info in enumerate(self._infos)}
         cpu = is_cpu(self._device)
         if self._backend == "mmap":
             ts = view_all(self._file, self._infos)
@@ -248,9 +363,12 @@ class safe_open:
             ts = [self._place(t) for t in ts]
         return {info.name: t for info, t in zip(self._infos, ts)}
 
+    @_dropin("file")
     def get_slice(self, name: str) -> "_SafeSlice":
         """A lazy handle: index it (``[a:b, ::2, -1]``) to read a part."""
         k = self._lookup(name)
+        if self._framework == "numpy":
+            return _NumpySlice(self, k, self._info(k))
         return _SafeSlice(self, k, self._info(k))
 
     def __repr__(self) -> str:
@@ -385,7 +503,7 @@ class _SafeSlice:
         if (start, stop, step) == (0, shape[-1], 1):
             return self._read(ranges)
         if step != 1 or start % 2 or stop % 2:
-            raise make_error(
+            raise _ref_error(
                 SafetensorIndexError,
                 f"slicing the last dimension of an F4 tensor must keep whole "
                 f"bytes (even start and stop, step 1); got "
@@ -393,6 +511,7 @@ class _SafeSlice:
         rows = self._read(list(ranges[:-1]) + [(0, shape[-1], 1)])
         return rows[..., start // 2:stop // 2].contiguous()
 
+    @_dropin("file")
     def __getitem__(self, index: Any) -> torch.Tensor:
         owner = self._owner
         owner._check_open()
@@ -424,14 +543,125 @@ class _SafeSlice:
         except SafetensorError:
             raise
         except IndexError as e:
-            raise wrap(e, SafetensorIndexError, name) from None
+            raise wrap(e, SafetensorIndexError, name, reference=True) from None
         except (ValueError, TypeError, RuntimeError) as e:
             cls = SafetensorTypeError if isinstance(e, TypeError) \
                 else SafetensorValueError
-            raise wrap(e, cls, name) from None
+            raise wrap(e, cls, name, reference=True) from None
 
     def __repr__(self) -> str:
         return (f"<torch_safetensors slice {self._info.name!r} "
+                f"{self._info.dtype} {list(self._info.shape)}>")
+
+
+def _np_index_text(items: Tuple[Any, ...]) -> str:
+    def one(it: Any) -> str:
+        if isinstance(it, slice):
+            text = ("" if it.start is None else str(it.start)) + ":" + \
+                ("" if it.stop is None else str(it.stop))
+            return text if it.step is None else f"{text}:{it.step}"
+        if it is Ellipsis:
+            return "..."
+        return str(it)
+    return "[" + ", ".join(one(it) for it in items) + "]"
+
+
+class _NumpySlice:
+    """What ``get_slice`` returns with ``framework="numpy"``: the
+    reference's slicing rules for numpy (ints, slices with a positive step,
+    one Ellipsis; bounds are checked, not clipped), and its messages."""
+
+    def __init__(self, owner: safe_open, k: int,
+                 info: "_C.TensorInfo") -> None:
+        self._owner = owner
+        self._k = k
+        self._info = info
+
+    def get_shape(self) -> List[int]:
+        """The shape in the file."""
+        return list(self._info.shape)
+
+    def get_dtype(self) -> str:
+        """The file dtype name, e.g. ``"F32"``."""
+        return self._info.dtype
+
+    def _index(self, index: Any) -> Tuple[Any, ...]:
+        items = index if isinstance(index, tuple) else (index,)
+        shape = list(self._info.shape)
+        name = self._info.name
+        out: List[Any] = []
+        seen = False
+        for pos, it in enumerate(items):
+            if it is Ellipsis:
+                if seen:
+                    raise _ref_error(
+                        SafetensorError,
+                        "Only one ellipsis (...) is allowed in slice index",
+                        tensor_name=name)
+                seen = True
+                out.append(it)
+            elif isinstance(it, slice):
+                if it.step is not None and it.step <= 0:
+                    raise _ref_error(
+                        SafetensorError, f"Slice step must be a positive "
+                        f"integer, got {it.step}", tensor_name=name)
+                out.append(it)
+            elif isinstance(it, list):
+                raise _ref_error(SafetensorError,
+                                 "Non empty lists are not implemented",
+                                 tensor_name=name)
+            elif hasattr(it, "__index__") and it is not None:
+                out.append(int(it.__index__()))
+            else:
+                raise _ref_error(
+                    SafetensorError, f"Unsupported slice index at position "
+                    f"{pos}: expected slice, int, or ellipsis",
+                    tensor_name=name)
+        consuming = [it for it in out if it is not Ellipsis]
+        text = _np_index_text(tuple(out))
+        if len(consuming) > len(shape):
+            raise _ref_error(
+                SafetensorError, f"Error during slicing {text} with shape "
+                f"{shape}: more slicing indexes than dimensions in tensor",
+                tensor_name=name)
+        if seen:
+            pos = out.index(Ellipsis)
+            out = out[:pos] + [slice(None)] * (len(shape) - len(consuming)) \
+                + out[pos + 1:]
+        for dim, it in enumerate(out):
+            size = shape[dim]
+            if isinstance(it, slice):
+                stop = it.stop
+                if stop is not None and stop < 0:
+                    stop += size
+                if stop is not None and stop > size:
+                    raise _ref_error(
+                        SafetensorError, f"Error during slicing {text} with "
+                        f"shape {shape}: index {stop - 1} out of bounds for "
+                        f"tensor dimension #{dim} of size {size}",
+                        tensor_name=name)
+            elif it < -size:
+                raise _ref_error(
+                    SafetensorError, f"Invalid index {it} for dimension "
+                    f"{dim} of size {size}", tensor_name=name)
+            elif it >= size:
+                raise _ref_error(
+                    SafetensorError, f"Error during slicing {text} with "
+                    f"shape {shape}: index {it} out of bounds for tensor "
+                    f"dimension #{dim} of size {size}", tensor_name=name)
+        return tuple(out)
+
+    @_dropin("file")
+    def __getitem__(self, index: Any) -> Any:
+        owner = self._owner
+        owner._check_open()
+        owner._check_numpy(self._info)
+        idx = self._index(index)
+        full = owner._numpy(self._info, owner._cpu_tensor(self._k))
+        return full[idx].copy()
+
+    def __repr__(self) -> str:
+        return (f"<torch_safetensors numpy slice {self._info.name!r} "
                 f"{self._info.dtype} {list(self._info.shape)}>")
 
 
@@ -439,10 +669,27 @@ class _SafeSlice:
 # Saving
 # --------------------------------------------------------------------------
 
-def _covers_storage(t: torch.Tensor) -> bool:
-    st = t.untyped_storage()
-    return (t.data_ptr() == st.data_ptr()
-            and t.numel() * t.element_size() == st.nbytes())
+def _check_kind(name: str, t: torch.Tensor) -> None:
+    """check_tensor_kind with the reference's exception types (and, where
+    they say what happened, its messages); ours stays in ``detail``."""
+    try:
+        check_tensor_kind(name, t)
+    except SafetensorError as e:
+        detail = str(e)
+        if t.device.type == "meta":
+            exc = _ref_error(SafetensorMetaTensorError,
+                             "Cannot copy out of meta tensor; no data!",
+                             tensor_name=name)
+        elif t.is_nested:
+            exc = _ref_error(SafetensorNestedTensorError, c_message(e),
+                             tensor_name=name)
+        elif t.is_quantized or _dtypes.st_name(t.dtype) is None:
+            exc = _ref_error(SafetensorUnsupportedDtypeError, str(t.dtype),
+                             tensor_name=name)
+        else:
+            raise
+        exc.detail = detail
+        raise exc from None
 
 
 def _check_for_save(tensors: Any, policy: str) -> List[int]:
@@ -452,18 +699,29 @@ def _check_for_save(tensors: Any, policy: str) -> List[int]:
     check_tensor_dict(tensors, "reference", kinds=False)
     sparse = [k for k, v in tensors.items() if v.layout != torch.strided]
     if sparse:
-        raise make_error(
+        raise _ref_error(
             SafetensorUnsupportedTensorError,
             f"You are trying to save a sparse tensors: `{sparse}` which this "
             f"library does not support. You can make it a dense tensor before "
             f"saving with `.to_dense()` but be aware this might make a much "
             f"larger file than needed.", tensor_name=sparse[0])
     for k, v in tensors.items():
-        check_tensor_kind(k, v)
-    owner = _alias.resolve(list(tensors), list(tensors.values()), policy)
+        _check_kind(k, v)
+    try:
+        owner = _alias.resolve(list(tensors), list(tensors.values()), policy)
+    except SafetensorSharedTensorError as e:
+        if type(e) is not SafetensorSharedTensorError:
+            raise
+        failing = [s for s in _find_shared_tensors(tensors) if len(s) > 1]
+        raise _ref_error(
+            SafetensorSharedTensorError, f"""
+            Some tensors share memory, this will lead to duplicate memory on disk and potential differences when loading them again: {failing}.
+            A potential way to correctly save your model is to use `save_model`.
+            More information at https://huggingface.co/docs/safetensors/torch_shared_tensors
+            """, tensor_name=e.tensor_name) from None
     for k, v in tensors.items():
         if not v.is_contiguous():
-            raise make_error(
+            raise _ref_error(
                 SafetensorValueError,
                 f"You are trying to save a non contiguous tensor: `{k}` which "
                 f"is not allowed. It either means you are trying to save "
@@ -488,11 +746,12 @@ def _tied(tensors: Dict[str, torch.Tensor], owner: List[int],
 def _fspath(filename: Any) -> str:
     if isinstance(filename, (str, os.PathLike)):
         return os.fspath(filename)
-    raise make_error(SafetensorTypeError,
+    raise _ref_error(SafetensorTypeError,
                      f"filename must be a str or os.PathLike, not "
                      f"{type(filename).__name__}")
 
 
+@_dropin("bytes")
 def save(tensors: Dict[str, torch.Tensor],
          metadata: Optional[Dict[str, str]] = None, *,
          policy: str = "error") -> bytes:
@@ -512,6 +771,7 @@ def save(tensors: Dict[str, torch.Tensor],
     return make_writer(host_tensors(tensors, False), metadata).to_bytes()
 
 
+@_dropin("file")
 def save_file(tensors: Dict[str, torch.Tensor], filename: PathLike,
               metadata: Optional[Dict[str, str]] = None, *,
               direct: bool = False, policy: str = "error") -> None:
@@ -541,6 +801,7 @@ def save_file(tensors: Dict[str, torch.Tensor], filename: PathLike,
         path, direct=bool(direct))
 
 
+@_dropin("file")
 def load_file(filename: PathLike,
               device: Union[str, int, torch.device] = "cpu", *,
               backend: str = "mmap") -> Dict[str, torch.Tensor]:
@@ -557,6 +818,7 @@ def load_file(filename: PathLike,
         return _alias.restore(f.get_tensors(), f.metadata())
 
 
+@_dropin("bytes")
 def load(data: bytes) -> Dict[str, torch.Tensor]:
     """Loads the tensors of a safetensors file held in ``data`` (bytes).
 
@@ -568,7 +830,7 @@ def load(data: bytes) -> Dict[str, torch.Tensor]:
             state_dict = load(fh.read())
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise make_error(SafetensorTypeError,
+        raise _ref_error(SafetensorTypeError,
                          f"argument 'bytes': '{type(data).__name__}' object "
                          f"is not an instance of 'bytes'")
     f = _C.File(data)
@@ -585,6 +847,122 @@ def load(data: bytes) -> Dict[str, torch.Tensor]:
 # Models (shared tensors)
 # --------------------------------------------------------------------------
 
+# The helpers that libraries import from safetensors.torch (transformers:
+# storage_ptr, storage_size; others: _find_shared_tensors,
+# _remove_duplicate_names), with the reference's results.
+
+#: Bytes per element of each torch dtype that the format stores (the
+#: reference's ``_SIZE``), from the one dtype table.
+_SIZE: Dict[torch.dtype, int] = {d: d.itemsize for d in _dtypes.FROM_TORCH}
+
+#: Format code -> torch dtype that ``load`` (bytes) builds, as the
+#: reference's ``_TYPES`` (it leaves out F8_E8M0, F4 and F6; ours loads
+#: the first two, see the module's docstring).
+_TYPES: Dict[str, torch.dtype] = {
+    n: d for n, d in _dtypes.TO_TORCH.items()
+    if n not in _dtypes.RESHAPED and n != "F8_E8M0"}
+
+
+def _getdtype(dtype_str: str) -> torch.dtype:
+    """The torch dtype of a format code (KeyError when there is none)."""
+    return _TYPES[dtype_str]
+
+
+def storage_ptr(tensor: torch.Tensor) -> int:
+    """The address of the storage under ``tensor`` (0 for meta tensors and
+    others without data).
+
+    Example::
+
+        storage_ptr(w) == storage_ptr(w[1:])   # True: one storage
+    """
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except Exception:
+        try:
+            return tensor.storage().data_ptr()
+        except NotImplementedError:
+            return 0
+
+
+def storage_size(tensor: torch.Tensor) -> int:
+    """The byte size of the storage under ``tensor`` (for meta tensors:
+    the tensor's own byte size).
+
+    Example::
+
+        storage_size(torch.ones(4)[:2])   # 16
+    """
+    try:
+        return tensor.untyped_storage().nbytes()
+    except AttributeError:
+        try:
+            return tensor.storage().size() * _SIZE[tensor.dtype]
+        except NotImplementedError:
+            return tensor.nelement() * _SIZE[tensor.dtype]
+
+
+def _end_ptr(tensor: torch.Tensor) -> int:
+    """One past the last byte of ``tensor``'s elements (a contiguous
+    layout's end, as the reference computes it)."""
+    if tensor.nelement():
+        return tensor.view(-1)[-1].data_ptr() + tensor.element_size()
+    return tensor.data_ptr()
+
+
+def _find_shared_tensors(state_dict: Dict[str, torch.Tensor]
+                         ) -> List[Set[str]]:
+    """Every name of ``state_dict`` whose tensor has storage, in sets: the
+    names whose bytes overlap (torch_safetensors._alias's rule) share a
+    set, the others are alone in theirs. Meta tensors and tensors without
+    storage are left out, as in the reference.
+
+    Example::
+
+        w = torch.ones(4)
+        _find_shared_tensors({"a": w, "b": w, "c": torch.ones(2)})
+        # [{"a", "b"}, {"c"}]
+    """
+    names = [k for k, v in state_dict.items()
+             if v.device.type != "meta" and storage_ptr(v) != 0
+             and storage_size(v) != 0]
+    tensors = [state_dict[k] for k in names]
+    grouped: Set[int] = set()
+    out: List[Set[str]] = []
+    for idxs in _alias.overlap_groups(tensors):
+        grouped.update(idxs)
+        out.append({names[i] for i in idxs})
+    out.extend({names[i]} for i in range(len(names)) if i not in grouped)
+    return sorted(out, key=lambda group: sorted(group))
+
+
+def _is_complete(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` covers its whole storage."""
+    return (tensor.data_ptr() == storage_ptr(tensor)
+            and tensor.nelement() * tensor.element_size()
+            == storage_size(tensor))
+
+
+def _remove_duplicate_names(state_dict: Dict[str, torch.Tensor], *,
+                            preferred_names: Optional[Iterable[str]] = None,
+                            discard_names: Optional[Iterable[str]] = None
+                            ) -> Dict[str, List[str]]:
+    """For every set of names sharing memory: the name to keep (one that
+    covers the whole storage: a preferred one, else one not discarded,
+    else the first in sorted order) -> the names to drop, sorted. A
+    RuntimeError (SafetensorSharedTensorError) when no name of a set covers
+    its storage. What save_model and load_model use.
+
+    Example::
+
+        _remove_duplicate_names(model.state_dict())
+        # {"embed.weight": ["lm_head.weight"]}
+    """
+    return collections.defaultdict(list, _names_to_drop(
+        state_dict, preferred_names=preferred_names,
+        discard_names=discard_names))
+
+
 def _names_to_drop(state_dict: Dict[str, torch.Tensor], *,
                    preferred_names: Optional[Iterable[str]] = None,
                    discard_names: Optional[Iterable[str]] = None
@@ -597,9 +975,9 @@ def _names_to_drop(state_dict: Dict[str, torch.Tensor], *,
     names = list(state_dict)
     for idxs in _alias.overlap_groups(list(state_dict.values())):
         group = {names[i] for i in idxs}
-        complete = {n for n in group if _covers_storage(state_dict[n])}
+        complete = {n for n in group if _is_complete(state_dict[n])}
         if not complete:
-            raise make_error(
+            raise _ref_error(
                 SafetensorSharedTensorError,
                 f"Error while trying to find names to remove to save state "
                 f"dict, but found no suitable name to keep for saving amongst:"
@@ -617,6 +995,7 @@ def _names_to_drop(state_dict: Dict[str, torch.Tensor], *,
     return result
 
 
+@_dropin("file")
 def save_model(model: "torch.nn.Module", filename: PathLike,
                metadata: Optional[Dict[str, str]] = None,
                force_contiguous: bool = True) -> None:
@@ -643,10 +1022,11 @@ def save_model(model: "torch.nn.Module", filename: PathLike,
     except ValueError as e:
         msg = (str(e) + " Or use save_model(..., force_contiguous=True), "
                "read the docs for potential caveats.")
-        raise make_error(SafetensorValueError, msg,
+        raise _ref_error(SafetensorValueError, msg,
                          tensor_name=getattr(e, "tensor_name", None)) from e
 
 
+@_dropin("file")
 def load_model(model: "torch.nn.Module", filename: PathLike,
                strict: bool = True,
                device: Union[str, int, torch.device] = "cpu", *,
