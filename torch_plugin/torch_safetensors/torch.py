@@ -915,7 +915,8 @@ def _find_shared_tensors(state_dict: Dict[str, torch.Tensor]
     """Every name of ``state_dict`` whose tensor has storage, in sets: the
     names whose bytes overlap (torch_safetensors._alias's rule) share a
     set, the others are alone in theirs. Meta tensors and tensors without
-    storage are left out, as in the reference.
+    storage are left out. The order is the reference's: storages in the
+    order they first appear, and within one, by address.
 
     Example::
 
@@ -923,17 +924,21 @@ def _find_shared_tensors(state_dict: Dict[str, torch.Tensor]
         _find_shared_tensors({"a": w, "b": w, "c": torch.ones(2)})
         # [{"a", "b"}, {"c"}]
     """
-    names = [k for k, v in state_dict.items()
-             if v.device.type != "meta" and storage_ptr(v) != 0
-             and storage_size(v) != 0]
-    tensors = [state_dict[k] for k in names]
-    grouped: Set[int] = set()
+    storages: Dict[Tuple[Any, int, int], List[str]] = {}
+    for k, v in state_dict.items():
+        if v.device.type != "meta":
+            ptr, size = storage_ptr(v), storage_size(v)
+            if ptr != 0 and size != 0:
+                storages.setdefault((v.device, ptr, size), []).append(k)
     out: List[Set[str]] = []
-    for idxs in _alias.overlap_groups(tensors):
-        grouped.update(idxs)
-        out.append({names[i] for i in idxs})
-    out.extend({names[i]} for i in range(len(names)) if i not in grouped)
-    return sorted(out, key=lambda group: sorted(group))
+    for names in storages.values():
+        tensors = [state_dict[n] for n in names]
+        parts = [set(g) for g in _alias.overlap_groups(tensors)]
+        grouped = set().union(*parts)
+        parts += [{i} for i in range(len(names)) if i not in grouped]
+        parts.sort(key=lambda p: min(tensors[i].data_ptr() for i in p))
+        out.extend({names[i] for i in p} for p in parts)
+    return out
 
 
 def _is_complete(tensor: torch.Tensor) -> bool:
@@ -967,14 +972,14 @@ def _names_to_drop(state_dict: Dict[str, torch.Tensor], *,
                    preferred_names: Optional[Iterable[str]] = None,
                    discard_names: Optional[Iterable[str]] = None
                    ) -> Dict[str, List[str]]:
-    """For every group of tensors sharing memory: which name to keep (one
-    that covers its whole storage), and which to drop."""
+    """For every set of _find_shared_tensors: which name to keep (one that
+    covers its whole storage), and which to drop. As in the reference, a set
+    of one name that does not cover its storage (a slice saved alone) is
+    refused too: saving it would store less than the model holds there."""
     preferred = set(preferred_names or ())
     discard = set(discard_names or ())
     result: Dict[str, List[str]] = {}
-    names = list(state_dict)
-    for idxs in _alias.overlap_groups(list(state_dict.values())):
-        group = {names[i] for i in idxs}
+    for group in _find_shared_tensors(state_dict):
         complete = {n for n in group if _is_complete(state_dict[n])}
         if not complete:
             raise _ref_error(
@@ -991,7 +996,9 @@ def _names_to_drop(state_dict: Dict[str, torch.Tensor], *,
             keep = min(complete - discard)
         if preferred & complete:
             keep = min(preferred & complete)
-        result[keep] = sorted(n for n in group if n != keep)
+        dropped = sorted(n for n in group if n != keep)
+        if dropped:
+            result[keep] = dropped
     return result
 
 
