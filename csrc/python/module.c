@@ -1474,6 +1474,13 @@ static PyObject *Writer_write_path(WriterObject *self, PyObject *args,
     PyObject *fs = PyOS_FSPath(pathobj);
     if (fs == NULL)
       PyErr_Clear();
+    /* The record names the path it could not write; that is the file
+     * (filename), not a tensor. */
+    if (err.name_len == (size_t)PyBytes_GET_SIZE(path) &&
+        strncmp(err.name, PyBytes_AS_STRING(path), ST_ERROR_NAME_CAP - 1) == 0) {
+      err.name[0] = '\0';
+      err.name_len = 0;
+    }
     raise_status(rc, &err, fs);
     Py_XDECREF(fs);
     Py_DECREF(path);

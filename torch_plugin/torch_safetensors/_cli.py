@@ -6,16 +6,28 @@ Usage::
     python -m torch_safetensors convert ckpt_dir/pytorch_model.bin.index.json out_dir \\
         --max-shard-size 5GB
     python -m torch_safetensors inspect model.safetensors [--json]
+    python -m torch_safetensors inspect model.safetensors.index.json
+    python -m torch_safetensors verify model.safetensors other.safetensors index.json
 
 ``convert`` reads pickle checkpoints only with ``torch.load(..., weights_only=True)`` (torch's
 restricted unpickler: tensors, containers and plain values, never arbitrary classes or code), so
-converting an untrusted file never runs its code; a file that needs more is refused. Input: a
+converting an untrusted file never runs its code; a file that needs more is refused with torch's
+whole explanation (the class it would have to import included). ``--trust-pickle`` is the
+explicit opt-in for a file you trust: a full unpickle (``torch.load(weights_only=False)``, which
+can run any code the file holds), announced by a warning line on stderr. Input: a
 ``.pt``/``.bin`` file, a ``pytorch_model.bin.index.json`` (sharded input, every shard loaded in
 turn), or a directory holding either. Output: one file written with
 ``torch.save(obj, OUT, format="safetensors")`` (nested checkpoints keep their structure), or,
 with ``--max-shard-size`` or an output directory, Hugging Face shards plus
 ``model.safetensors.index.json`` (needs a flat ``state_dict``). A progress bar (tqdm, when
-installed and stderr is a terminal, or with ``--progress``) follows the bytes read and written.
+installed and stderr is a terminal, or with ``--progress``) follows the bytes read and written;
+without tqdm there is no bar and nothing else changes (tqdm is optional: ``pip install tqdm``).
+
+``inspect`` and ``verify`` take a file or a sharded checkpoint's index (a name ending in
+``.json``), as the C command ``safetensors`` does, with the same exit status: 0 valid, 1 invalid
+(the file, or an index entry missing from its shard), 2 usage or I/O error. ``verify`` reads
+every tensor's bytes, with a progress bar over the files. Output to a closed pipe
+(``| head -1``) ends quietly.
 """
 
 from __future__ import annotations
@@ -66,7 +78,7 @@ def _size_arg(text: str) -> int:
 class _Progress:
     """A byte-count progress bar (tqdm when available), or nothing."""
 
-    def __init__(self, total: int, desc: str, enabled: bool | None):
+    def __init__(self, total: int, desc: str, enabled: bool | None, unit: str = "B"):
         self.bar = None
         if enabled is None:
             enabled = sys.stderr.isatty()
@@ -76,8 +88,9 @@ class _Progress:
             from tqdm import tqdm
         except ImportError:
             return
-        self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                        file=sys.stderr, dynamic_ncols=True)
+        scaled = unit == "B"
+        self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=scaled,
+                        unit_divisor=1024, file=sys.stderr, dynamic_ncols=True)
 
     def update(self, n: int, desc: str | None = None) -> None:
         if self.bar is not None:
@@ -130,20 +143,30 @@ def _is_safetensors(path: str) -> bool:
     return _sniff(path) and not path.endswith((".pt", ".bin", ".pth"))
 
 
-def _load_pickle(path: str) -> Any:
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _load_pickle(path: str, trust_pickle: bool = False) -> Any:
     import torch
     import zipfile
 
     if _is_safetensors(path):
         raise CliError(f"{path}: already a safetensors file")
     kwargs = {"mmap": True} if zipfile.is_zipfile(path) else {}
+    if trust_pickle:
+        print(f"warning: {path}: --trust-pickle: full unpickle (torch.load(weights_only=False)); "
+              "this runs any code the file holds", file=sys.stderr)
+        return torch.load(path, map_location="cpu", weights_only=False, **kwargs)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
     except Exception as e:  # torch's restricted unpickler refusing, or a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's whole explanation (it names the global it refused), without its
+        # terminal escape codes
+        why = _ANSI.sub("", str(e)).strip() or type(e).__name__
         raise CliError(
             f"{path}: cannot be loaded with torch.load(weights_only=True), so it is not "
-            f"converted (it would need a full unpickle): {first}") from None
+            f"converted (it would need a full unpickle; if you trust the file, "
+            f"--trust-pickle does one). torch says:\n{why}") from None
 
 
 def _flat_tensors(obj: Any, what: str) -> dict:
@@ -157,7 +180,8 @@ def _flat_tensors(obj: Any, what: str) -> dict:
 
 
 def convert(src: str, dst: str, max_shard_size: int | None = None,
-            progress: bool | None = None, metadata: dict[str, str] | None = None) -> list[str]:
+            progress: bool | None = None, metadata: dict[str, str] | None = None,
+            trust_pickle: bool = False) -> list[str]:
     """Convert the pickle checkpoint at ``src`` to safetensors at ``dst``; returns the files
     written. See the module docs."""
     import torch
@@ -171,7 +195,7 @@ def convert(src: str, dst: str, max_shard_size: int | None = None,
         merged: dict = {}
         obj: Any = None
         for f in files:
-            part = _load_pickle(f)
+            part = _load_pickle(f, trust_pickle)
             if sharded_in:
                 for k, v in _flat_tensors(part, f).items():
                     if k in merged:
@@ -267,6 +291,155 @@ def inspect_file(path: str) -> dict:
     return info
 
 
+def _read_index(path: str) -> tuple[dict, list[str]]:
+    """A sharded checkpoint's index: (weight_map, shard paths in first-use order)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            index = json.load(fh)
+    except ValueError as e:
+        raise _Invalid(f"{path}: invalid index: {e}") from None
+    wm = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+        raise _Invalid(f"{path}: invalid index: no weight_map of tensor name -> shard file")
+    base = os.path.dirname(path)
+    shards: list[str] = []
+    for shard in wm.values():
+        if os.path.basename(shard) != shard:
+            raise _Invalid(f"{path}: invalid index: shard name {shard!r} is not a plain file name")
+        p = os.path.join(base, shard)
+        if p not in shards:
+            shards.append(p)
+    return wm, shards
+
+
+class _Invalid(Exception):
+    """A file or index that is not valid: printed as one line, exit status 1."""
+
+
+def _describe(e: BaseException) -> str:
+    from .errors import SafetensorError, c_message
+
+    if isinstance(e, SafetensorError) and getattr(e, "status_name", None):
+        text = f"{e.status_name}: {c_message(e)}"
+        if getattr(e, "offset", None) is not None:
+            text += f" at offset {e.offset}"
+        if getattr(e, "tensor_name", None) is not None:
+            text += f" (tensor {e.tensor_name!r})"
+        return text
+    return str(e)
+
+
+def _exit_for(e: BaseException) -> int:
+    """0 valid, 1 invalid, 2 usage or I/O: the C command's rule."""
+    return 2 if isinstance(e, (OSError, MemoryError, CliError)) else 1
+
+
+def inspect_index(path: str) -> tuple[dict, int]:
+    """Each shard's facts and the weight_map check of a sharded checkpoint's index."""
+    wm, shards = _read_index(path)
+    worst = 0
+    out: dict[str, Any] = {"index": path, "weight_map_entries": len(wm), "shards": [],
+                           "missing": []}
+    names: dict[str, set] = {}
+    for shard in shards:
+        try:
+            info = inspect_file(shard)
+        except Exception as e:  # one shard's failure does not hide the others
+            worst = max(worst, _exit_for(e))
+            out["shards"].append({"file": shard, "error": _describe(e)})
+            continue
+        out["shards"].append(info)
+        names[shard] = {t["name"] for t in info["tensors"]}
+    base = os.path.dirname(path)
+    for name, shard in wm.items():
+        have = names.get(os.path.join(base, shard))
+        if have is not None and name not in have:
+            out["missing"].append({"tensor": name, "shard": shard})
+    if out["missing"]:
+        worst = max(worst, 1)
+    out["valid"] = worst == 0
+    return out, worst
+
+
+def _print_index(info: dict, limit: int | None, out) -> None:
+    print(f"index: {info['index']}", file=out)
+    print(f"weight_map: {info['weight_map_entries']} tensors in {len(info['shards'])} shards",
+          file=out)
+    for shard in info["shards"]:
+        print(file=out)
+        if "error" in shard:
+            print(f"file:     {shard['file']}\n  error: {shard['error']}", file=out)
+        else:
+            _print_inspect(shard, limit, out)
+    for m in info["missing"]:
+        print(f"error: weight_map entry {m['tensor']!r} is not in shard {m['shard']}", file=out)
+    if info["valid"]:
+        print("check: every weight_map entry is in its shard", file=out)
+
+
+def verify_file(path: str) -> str:
+    """Validates path completely and reads every tensor's bytes; the OK line's text."""
+    from . import _C, _io
+
+    with _C.File(path) as f:
+        count = f.count()
+        size = f.data_offset + f.data_size
+    with _C.File(path, backend="pread") as g:
+        for k, info in enumerate(g.tensors()):
+            _io.read_owned(g, [(k, info)])
+    return f"{count} tensors, {size} bytes"
+
+
+def verify(paths: Sequence[str], progress: bool | None = None, quiet: bool = False) -> int:
+    """``verify``: one line per file (OK/INVALID on stdout, ERROR on stderr), the worst
+    exit status; an index is verified shard by shard, then its weight_map."""
+    jobs: list[tuple[str, str | None]] = []  # (file, index it came from)
+    worst = 0
+    for p in paths:
+        if p.endswith(".json"):
+            try:
+                _, shards = _read_index(p)
+            except (OSError, _Invalid) as e:
+                code = _exit_for(e)
+                worst = max(worst, code)
+                print(f"{'ERROR' if code == 2 else 'INVALID'} {p}: {e}",
+                      file=sys.stderr if code == 2 else sys.stdout)
+                continue
+            jobs += [(s, None) for s in shards] + [(p, p)]
+        else:
+            jobs.append((p, None))
+    bar = _Progress(len(jobs), "verify", progress, unit="file")
+    try:
+        for path, index in jobs:
+            try:
+                if index is not None:
+                    info, code = inspect_index(index)
+                    if code:
+                        worst = max(worst, code)
+                        for m in info["missing"]:
+                            print(f"INVALID {index}: weight_map entry {m['tensor']!r} is not in "
+                                  f"shard {m['shard']}")
+                    elif not quiet:
+                        print(f"OK {index}: {len(info['shards'])} shards, "
+                              f"{info['weight_map_entries']} weight_map entries")
+                else:
+                    line = verify_file(path)
+                    if not quiet:
+                        print(f"OK {path}: {line}")
+            except Exception as e:
+                if isinstance(e, BrokenPipeError):
+                    raise
+                code = _exit_for(e)
+                worst = max(worst, code)
+                print(f"{'ERROR' if code == 2 else 'INVALID'} {path}: {_describe(e)}",
+                      file=sys.stderr if code == 2 else sys.stdout)
+            sys.stdout.flush()
+            bar.update(1)
+    finally:
+        bar.close()
+    return worst
+
+
 def _human(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -299,12 +472,27 @@ def _print_inspect(info: dict, limit: int | None, out) -> None:
 # main
 # --------------------------------------------------------------------------------------------
 
+_EXAMPLES = """examples:
+  python -m torch_safetensors convert pytorch_model.bin model.safetensors
+  python -m torch_safetensors convert ckpt_dir/pytorch_model.bin.index.json out_dir --max-shard-size 5GB
+  python -m torch_safetensors convert trusted.pt model.safetensors --trust-pickle
+  python -m torch_safetensors inspect model.safetensors --json
+  python -m torch_safetensors inspect model.safetensors.index.json
+  python -m torch_safetensors verify *.safetensors
+
+exit status: 0 valid, 1 invalid, 2 usage or I/O error (as the C command `safetensors`)
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
-        prog="python -m torch_safetensors",
-        description="Convert pickle checkpoints to safetensors and inspect safetensors files.")
+        prog="python -m torch_safetensors", formatter_class=raw, epilog=_EXAMPLES,
+        description="Convert pickle checkpoints to safetensors, inspect and verify "
+                    "safetensors files.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="pickle .pt/.bin (or a sharded index) -> safetensors",
+                       formatter_class=raw, epilog=_EXAMPLES,
                        description=__doc__.split("\n\n")[2] if __doc__ else None)
     c.add_argument("input", help=".pt/.bin file, pytorch_model.bin.index.json, or a directory")
     c.add_argument("output", help="output .safetensors file, or a directory for shards")
@@ -312,45 +500,88 @@ def _parser() -> argparse.ArgumentParser:
                    help="write Hugging Face shards of at most this size (e.g. 5GB, 500MiB)")
     c.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
                    help="add a __metadata__ entry (repeatable)")
+    c.add_argument("--trust-pickle", action="store_true",
+                   help="for a file you trust: load it with a full unpickle "
+                        "(torch.load(weights_only=False), which runs any code it holds)")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="always show the progress bar")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="never show the progress bar")
-    i = sub.add_parser("inspect", help="validate a safetensors file and list what it holds")
-    i.add_argument("file")
+    i = sub.add_parser("inspect", help="validate a safetensors file (or an index's shards) "
+                                       "and list what it holds",
+                       formatter_class=raw, epilog=_EXAMPLES)
+    i.add_argument("file", help="a .safetensors file, or a sharded checkpoint's index (.json)")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     i.add_argument("--all", action="store_true", help="list every tensor (default: first 50)")
+    v = sub.add_parser("verify", help="validate files completely and read every tensor",
+                       formatter_class=raw, epilog=_EXAMPLES)
+    v.add_argument("files", nargs="+", help=".safetensors files or index (.json) files")
+    v.add_argument("-q", "--quiet", action="store_true", help="print only the files that fail")
+    g = v.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="always show the progress bar")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="never show the progress bar")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from .errors import SafetensorError
-
-    try:
-        if args.cmd == "convert":
-            md = {}
-            for kv in args.metadata:
-                if "=" not in kv:
-                    raise CliError(f"--metadata {kv!r}: expected KEY=VALUE")
-                k, v = kv.split("=", 1)
-                md[k] = v
-            written = convert(args.input, args.output, args.max_shard_size, args.progress,
-                              md or None)
-            for w in written:
-                print(w)
-            return 0
-        info = inspect_file(args.file)
+def _run(args) -> int:
+    if args.cmd == "convert":
+        md = {}
+        for kv in args.metadata:
+            if "=" not in kv:
+                raise CliError(f"--metadata {kv!r}: expected KEY=VALUE")
+            k, v = kv.split("=", 1)
+            md[k] = v
+        written = convert(args.input, args.output, args.max_shard_size, args.progress,
+                          md or None, trust_pickle=args.trust_pickle)
+        for w in written:
+            print(w)
+        return 0
+    if args.cmd == "verify":
+        return verify(args.files, args.progress, args.quiet)
+    if args.file.endswith(".json"):
+        info, rc = inspect_index(args.file)
         if args.json:
             json.dump(info, sys.stdout, indent=1)
             print()
         else:
-            _print_inspect(info, None if args.all else 50, sys.stdout)
+            _print_index(info, None if args.all else 50, sys.stdout)
+        if rc:
+            print(f"error: {args.file}: not every weight_map entry is in a valid shard",
+                  file=sys.stderr)
+        return rc
+    info = inspect_file(args.file)
+    if args.json:
+        json.dump(info, sys.stdout, indent=1)
+        print()
+    else:
+        _print_inspect(info, None if args.all else 50, sys.stdout)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        try:
+            return _run(args)
+        except (CliError, _Invalid) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return _exit_for(e)
+        except Exception as e:
+            from .errors import SafetensorError
+
+            if not isinstance(e, (SafetensorError, OSError)) or isinstance(e, BrokenPipeError):
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            return _exit_for(e)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader closed the pipe (`| head -1`): end quietly, and keep the
+        # interpreter's own flush at exit from failing again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 0
-    except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (SafetensorError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1

@@ -65,6 +65,7 @@ Loading
 
 from __future__ import annotations
 
+import inspect
 import os
 import struct
 import threading
@@ -307,7 +308,29 @@ def _make_load(prev):
 
     load.__doc__ = _LOAD_DOC
     load.__qualname__ = load.__name__ = "load"
+    # inspect.signature (and IDEs, and libraries that inspect torch.load's
+    # parameters) see the signature of what we wrap: we accept the same.
+    load.__wrapped__ = prev
     return load
+
+
+def _save_signature(prev):
+    """The wrapped save's signature plus our keyword-only parameters (None
+    when it has none to show)."""
+    try:
+        sig = inspect.signature(prev)
+    except (TypeError, ValueError):
+        return None
+    params = list(sig.parameters.values())
+    names = {p.name for p in params}
+    var_kw = [p for p in params if p.kind is p.VAR_KEYWORD]
+    params = [p for p in params if p.kind is not p.VAR_KEYWORD]
+    ours = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+            for n, d, a in (("format", None, "str | None"),
+                            ("metadata", None, "dict[str, str] | None"),
+                            ("strict", False, "bool"), ("policy", "tie", "str"))
+            if n not in names]
+    return sig.replace(parameters=params + ours + var_kw)
 
 
 def _make_save(prev):
@@ -331,6 +354,8 @@ def _make_save(prev):
 
     save.__doc__ = _SAVE_DOC
     save.__qualname__ = save.__name__ = "save"
+    save.__wrapped__ = prev
+    save.__signature__ = _save_signature(prev)
     return save
 
 

@@ -207,6 +207,16 @@ def pin_available() -> bool:
         return False
 
 
+def to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """t moved to dev. A CUDA device on a machine without one fails in the
+    reference's words: it pins the host copy first, and torch refuses that
+    with "pin_memory=True requires a CUDA or other accelerator backend..."
+    (RuntimeError), so we ask torch for the same pinning."""
+    if dev.type == "cuda" and not pin_available():
+        torch.empty(0, pin_memory=True)
+    return t.to(dev)
+
+
 _EMPTY_METADATA = re.compile(rb'"__metadata__"\s*:\s*\{\s*\}')
 
 
@@ -431,7 +441,7 @@ def read_tensors(source: Any,
         else:
             ts = view_all(f, infos)
         if not is_cpu(dev):
-            ts = [t.to(dev) for t in ts]
+            ts = [to_device(t, dev) for t in ts]
         md = metadata_of(f)
         return {info.name: t for info, t in zip(infos, ts)}, md
     finally:

@@ -311,7 +311,7 @@ class safe_open:
     def _place(self, t: torch.Tensor) -> torch.Tensor:
         if is_cpu(self._device):
             return t
-        return t.to(self._device)
+        return _io.to_device(t, self._device)
 
     def _numpy(self, info: "_C.TensorInfo", t: torch.Tensor) -> Any:
         """t (a CPU tensor of info) as the numpy array the reference gives:
