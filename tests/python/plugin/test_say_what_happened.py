@@ -409,3 +409,35 @@ def test_unavailable_cuda_device_in_the_references_words(tmp_path, ref):
         assert outcome(lambda: st.safe_open(p, "pt", device=dev).get_tensor("a")) == want
         assert outcome(lambda: ref.load_file(p, device=dev)) == want
         assert outcome(lambda: st.load_file(p, device=dev)) == want
+
+
+# --------------------------------------------------------------------------------------------
+# nested structure: flat without this package, and how another reader gets it back (README)
+# --------------------------------------------------------------------------------------------
+
+def test_nested_structure_is_flat_elsewhere_and_the_record_gives_it_back(tmp_path, ref):
+    import safetensors
+
+    model = torch.nn.Linear(2, 2)
+    ckpt = {"model": model.state_dict(), "epoch": 3}
+    p = str(tmp_path / "ckpt.safetensors")
+    torch.save(ckpt, p, format="safetensors")
+    # the reference sees flat tensors under dotted names
+    assert sorted(ref.load_file(p)) == ["model.bias", "model.weight"]
+    # so does torch's own loader (its .safetensors branch calls the reference)
+    torch_safetensors.uninstall()
+    try:
+        flat_torch = torch.load(p)
+    finally:
+        torch_safetensors.install()
+    assert sorted(flat_torch) == ["model.bias", "model.weight"]
+    # the README's recipe: the record's key and format give the structure back
+    with safetensors.safe_open(p, "pt") as f:
+        record = json.loads(f.metadata()["torch_safetensors.structure"])
+        flat = {k: f.get_tensor(k) for k in f.keys()}
+    assert record["version"] == 1
+    root = dict(record["root"]["items"])
+    assert root["epoch"] == 3
+    weight = dict(root["model"]["items"])["weight"]
+    assert weight == {"t": "tensor", "name": "model.weight"}
+    assert torch.equal(flat[weight["name"]], model.weight.detach())
