@@ -62,6 +62,7 @@ from .errors import (
 )
 from .torch import load_file, load_model, safe_open, save_file, save_model
 from ._serialize import TensorSpec, deserialize, serialize, serialize_file
+from .torch import _safe_open_handle
 from .sharded import load_sharded, save_sharded
 from ._hook import install, uninstall
 from ._patch import patch_safetensors, unpatch_safetensors

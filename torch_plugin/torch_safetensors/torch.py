@@ -227,13 +227,17 @@ class safe_open:
                 SafetensorError,
                 f"Device {shown} is not supported for framework numpy")
         self._backend = backend
-        self._file = open_file(filename, backend=backend, writable=True)
+        self._file = self._open(filename, backend)
         # Built on first need: listing names or reading one tensor of a
         # file with a million tensors must not pay a Python object per
         # tensor (the C core has both orders and a binary search).
         self._infos_cache: Optional[List["_C.TensorInfo"]] = None
         self._index_cache: Optional[Dict[str, int]] = None
         self._closed = False
+
+    @staticmethod
+    def _open(filename: Any, backend: str) -> "_C.File":
+        return open_file(filename, backend=backend, writable=True)
 
     @property
     def _infos(self) -> List["_C.TensorInfo"]:
@@ -374,6 +378,30 @@ class safe_open:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self._file.count()} tensors"
         return f"<torch_safetensors.safe_open {self._file.name!r} {state}>"
+
+
+class _safe_open_handle(safe_open):
+    """safe_open on an open file object (the reference's private
+    ``safetensors._safe_open_handle``): ``f`` needs ``fileno()`` and
+    ``name``; the descriptor is duplicated, so ``f`` may be closed after.
+
+    Example::
+
+        with open("m.safetensors", "rb") as fh:
+            with _safe_open_handle(fh, framework="pt") as f:
+                w = f.get_tensor("w")
+    """
+
+    def __init__(self, f: Any, framework: str = "pt",
+                 device: Union[str, int, torch.device] = "cpu", *,
+                 backend: str = "mmap") -> None:
+        fileno = f.fileno  # AttributeError, as the reference
+        f.name
+        super().__init__(fileno(), framework, device, backend=backend)
+
+    @staticmethod
+    def _open(fd: Any, backend: str) -> "_C.File":
+        return _C.File(fd, backend=backend, writable=True)
 
 
 # --------------------------------------------------------------------------

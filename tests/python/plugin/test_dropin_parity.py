@@ -6,7 +6,9 @@ asserted as differences."""
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 import struct
 
 import numpy as np
@@ -100,7 +102,8 @@ def _u8(b, e):
 
 def test_every_public_name_of_the_reference_exists():
     for name in ("SafetensorError", "TensorSpec", "deserialize", "safe_open",
-                 "serialize", "serialize_file", "__version__"):
+                 "serialize", "serialize_file", "__version__",
+                 "_safe_open_handle"):
         assert hasattr(safetensors, name)
         assert hasattr(torch_safetensors, name), name
     for name in ("save", "save_file", "load", "load_file", "save_model",
@@ -529,3 +532,42 @@ def test_numpy_non_contiguous_is_saved_by_value():
     assert np.array_equal(ours, a)
     theirs = ref_np.load(ref_np.save({"a": a}))["a"]
     assert not np.array_equal(theirs, a)
+
+
+# --------------------------------------------------------------------------
+# _safe_open_handle, SafetensorError pickling
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["rb", "r"])
+def test_safe_open_handle(mixed, mode):
+    def run(mod, framework):
+        with open(mixed, mode) as fh:
+            with mod._safe_open_handle(fh, framework=framework,
+                                       device="cpu") as g:
+                return {k: g.get_tensor(k) for k in ("a", "i", "b")}, \
+                    g.keys(), g.metadata()
+    for framework in ("pt", "np"):
+        same(lambda: run(safetensors, framework),
+             lambda: run(torch_safetensors, framework))
+
+
+@pytest.mark.parametrize("obj", [lambda p: io.BytesIO(b"x"),
+                                 lambda p: p, lambda p: 3],
+                         ids=["BytesIO", "path", "int"])
+def test_safe_open_handle_refusals(mixed, obj):
+    same(lambda: safetensors._safe_open_handle(obj(mixed), framework="pt"),
+         lambda: torch_safetensors._safe_open_handle(obj(mixed),
+                                                     framework="pt"))
+
+
+def test_errors_pickle_with_their_fields(tmp_path):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(b"\x01" * 7)
+    _, e = _outcome(lambda: our_pt.load_file(p))
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is type(e) and str(back) == str(e)
+    assert (back.status, back.offset, back.detail) == \
+        (e.status, e.offset, e.detail)
+    for mod in (safetensors, torch_safetensors):
+        err = mod.SafetensorError("Error while deserializing header")
+        assert str(pickle.loads(pickle.dumps(err))) == str(err)
