@@ -219,6 +219,11 @@ class safe_open:
                  backend: str = "mmap") -> None:
         self._framework = _check_framework(framework)
         _check_backend(backend)
+        if type(device) is int and device >= 0:
+            # An accelerator index: where there is none, torch's own
+            # RuntimeError ("Cannot access accelerator device when none is
+            # available."), as the reference raises it.
+            torch.device(device)
         self._device = parse_device(device)
         if self._framework == "numpy" and not is_cpu(self._device):
             shown = device if isinstance(device, int) else \

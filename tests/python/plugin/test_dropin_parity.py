@@ -369,7 +369,7 @@ def test_torch_slices(mixed, index):
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"device": "bogus"}, {"device": -1}, {"backend": "bogus"},
+    {"device": "bogus"}, {"device": -1}, {"device": 0}, {"backend": "bogus"},
     {"backend": "pread"}, {"device": "cpu"},
 ])
 def test_open_arguments(mixed, kwargs):
