@@ -11,7 +11,16 @@ Every failure is a :class:`SafetensorError` carrying
 
 Subclasses also derive from the matching builtin, so code written for the
 reference package (which raises ValueError, TypeError, RuntimeError,
-FileNotFoundError, ...) keeps working::
+FileNotFoundError, ...) keeps working.
+
+Two flavours of message. Ours (the C layer, :mod:`torch_safetensors.sharded`,
+the torch.load hook) appends the fields: ``"... [ST_ERR_INVALID_OFFSET,
+status 12] at byte offset 96, tensor 'w'"``. The drop-in's
+(:mod:`torch_safetensors.torch`, :mod:`torch_safetensors.numpy`,
+``serialize``/``deserialize``) is the reference's message alone, e.g.
+``"Error while deserializing header: invalid offset for tensor `w`"`` or
+``"No such file or directory: m.safetensors"``; the fields are attributes
+all the same, and ``detail`` holds our flavour's text (:func:`as_reference`)::
 
     >>> from torch_safetensors.torch import load_file
     >>> try:

@@ -1,6 +1,8 @@
 """A drop-in for ``safetensors.torch`` (safetensors 0.8.0), on the C library.
 
-Same names, parameters and semantics::
+Same names, parameters and semantics, and the helpers libraries import
+from ``safetensors.torch`` (``storage_ptr``, ``storage_size``,
+``_find_shared_tensors``, ``_remove_duplicate_names``, ...)::
 
     >>> from torch_safetensors.torch import save_file, load_file, safe_open
     >>> save_file({"w": torch.ones(2, 3)}, "m.safetensors", metadata={"a": "b"})
@@ -33,8 +35,11 @@ Saving
 Deliberate differences from the reference (all stricter or fixes):
     * a tensor named ``__metadata__`` and NUL characters in names or
       metadata are refused (the reference writes files nobody can read);
-    * quantized, nested and meta tensors get a clear ``SafetensorTypeError``
-      (the reference fails with KeyError / RuntimeError / NotImplementedError);
+    * quantized and other dtypes without a format name, nested and meta
+      tensors are refused before anything is written, with the reference's
+      exception types (KeyError, RuntimeError, NotImplementedError) that
+      are also ``SafetensorTypeError``; a nested tensor's message says what
+      it is (the reference's is torch's internal error);
     * ``load`` (bytes) handles F8_E8M0 and F4 (the reference: KeyError);
     * ``get_slice`` works on F4 as long as the cut keeps whole bytes (the
       reference fails on every F4 slice), and on F6 (raw bytes, see
