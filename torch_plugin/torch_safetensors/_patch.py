@@ -100,8 +100,13 @@ def _reference_error(exc: SafetensorError) -> SafetensorError:
         mixed = type(cls.__name__, (cls, ref),
                      {"__module__": cls.__module__, "__doc__": cls.__doc__})
         _mixed_classes[cls] = mixed
-    exc.__class__ = mixed
-    return exc
+    try:
+        exc.__class__ = mixed
+        return exc
+    except TypeError:  # a layout __class__ assignment refuses: a copy instead
+        copy = mixed(*exc.args)
+        copy.__dict__.update(getattr(exc, "__dict__", {}))
+        return copy
 
 
 class _translated:
@@ -114,7 +119,9 @@ class _translated:
 
     def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
         if exc is not None and isinstance(exc, SafetensorError):
-            _reference_error(exc)
+            new = _reference_error(exc)
+            if new is not exc:
+                raise new.with_traceback(tb) from None
         return False  # re-raise (now also the reference's class)
 
 
@@ -263,7 +270,18 @@ class _Handle:
         return repr(self._f)
 
 
-class safe_open:
+class _SafeOpenType(type):
+    """isinstance(handle, safetensors.safe_open) holds for both kinds of
+    handle the stand-in returns, as it did for the reference's."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        if isinstance(obj, _Handle):
+            return True
+        original = _originals.get("safe_open")
+        return original is not None and isinstance(obj, original)
+
+
+class safe_open(metaclass=_SafeOpenType):
     """Stand-in for ``safetensors.safe_open`` (same parameters:
     ``filename, framework, device="cpu", *, backend="mmap"``).
 

@@ -173,6 +173,9 @@ def test_handle_matches_reference(sample, opens):
     torch_safetensors.patch_safetensors()
     with safetensors.safe_open(sample, "pt", device="cpu", backend="mmap") as ours:
         assert type(ours) is _patch._Handle
+        assert isinstance(ours, safetensors.safe_open)
+        assert isinstance(ORIG["safe_open"](str(sample), "numpy"), safetensors.safe_open)
+        assert not isinstance(object(), safetensors.safe_open)
         assert opens == [str(sample)]
         assert ours.keys() == ref.keys()
         assert ours.offset_keys() == ref.offset_keys()
