@@ -571,3 +571,60 @@ def test_errors_pickle_with_their_fields(tmp_path):
     for mod in (safetensors, torch_safetensors):
         err = mod.SafetensorError("Error while deserializing header")
         assert str(pickle.loads(pickle.dumps(err))) == str(err)
+
+
+# --------------------------------------------------------------------------
+# safetensors.torch: results
+# --------------------------------------------------------------------------
+
+def _torch_tensors():
+    return {"f32": torch.arange(6.0).reshape(2, 3),
+            "bf16": torch.ones(3, dtype=torch.bfloat16),
+            "i8": torch.arange(4, dtype=torch.int8),
+            "u16": torch.arange(3, dtype=torch.int32).to(torch.uint16),
+            "b": torch.tensor([True, False]),
+            "c64": torch.ones(2, dtype=torch.complex64),
+            "f8": torch.ones(2).to(torch.float8_e5m2),
+            "scalar": torch.tensor(1.5),
+            "empty": torch.zeros(0, 3)}
+
+
+@pytest.mark.parametrize("metadata", [None, {}, {"format": "pt"}])
+def test_torch_save_and_load_results(tmp_path, metadata):
+    t = _torch_tensors()
+    data = same(lambda: ref_pt.save(t, metadata=metadata),
+                lambda: our_pt.save(t, metadata=metadata))
+    rp, op = tmp_path / "r.safetensors", tmp_path / "o.safetensors"
+    ref_pt.save_file(t, str(rp), metadata=metadata)
+    our_pt.save_file(t, op, metadata=metadata)
+    assert rp.read_bytes() == op.read_bytes() == data
+    same(lambda: ref_pt.load(data), lambda: our_pt.load(data))
+    for backend in ("mmap", "pread"):
+        same(lambda: ref_pt.load_file(str(op), backend=backend),
+             lambda: our_pt.load_file(op, backend=backend))
+    same(lambda: safetensors.safe_open(str(op), "pt").metadata(),
+         lambda: torch_safetensors.safe_open(str(op), "pt").metadata())
+
+
+def test_save_model_and_load_model_results(tmp_path):
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(3, 3)
+            self.b = self.a
+
+    m = Tied()
+    rp, op = tmp_path / "r.safetensors", tmp_path / "o.safetensors"
+    ref_pt.save_model(m, str(rp))
+    our_pt.save_model(m, str(op))
+    same(lambda: ref_pt.load_file(str(rp)), lambda: our_pt.load_file(op))
+    same(lambda: safetensors.safe_open(str(rp), "pt").metadata(),
+         lambda: torch_safetensors.safe_open(str(op), "pt").metadata())
+    m2, m3 = Tied(), Tied()
+    r = ref_pt.load_model(m2, str(op))
+    o = our_pt.load_model(m3, str(rp))
+    assert r == o
+    _equal(m2.state_dict(), m3.state_dict())
+    # a model that does not match: the same RuntimeError text
+    same(lambda: ref_pt.load_model(torch.nn.Linear(3, 2), str(op)),
+         lambda: our_pt.load_model(torch.nn.Linear(3, 2), str(op)))
