@@ -11,8 +11,10 @@ is served too; modules imported later get the stand-ins from the patched
 ``safetensors`` modules. If ``safetensors`` (or ``safetensors.torch``) is
 not imported yet, nothing is imported: the patch applies when it is.
 
-Calls the stand-ins do not serve go to the original reference objects,
-unchanged: other frameworks (``"numpy"``, ``"flax"``, ``"tf"``, ...),
+``framework="numpy"`` (or ``"np"``) on the CPU is served too, as the
+drop-in serves it (numpy arrays). Calls the stand-ins do not serve go to
+the original reference objects, unchanged: other frameworks (``"flax"``,
+``"tf"``, ``"mlx"``, ...),
 devices other than ``"cpu"``/``"cuda[:N]"``/an int (or CUDA devices on a
 machine without CUDA), unknown keyword arguments, arguments of types the
 reference might treat differently.
@@ -59,6 +61,8 @@ ENV_VAR = "TORCH_SAFETENSORS_PATCH"
 _TRUE = ("1", "true", "yes", "on")
 
 _FRAMEWORKS = ("pt", "torch", "pytorch")
+_NUMPY = ("numpy", "np")
+_numpy_served: Optional[bool] = None
 _BACKENDS = ("mmap", "pread")
 _CUDA = re.compile(r"cuda(:[0-9]+)?\Z")
 
@@ -172,11 +176,32 @@ def _bind_open(args: tuple, kwargs: dict) -> Optional[Tuple[Any, str, Any, str]]
     filename, framework = bound["filename"], bound["framework"]
     device = bound.get("device", "cpu")
     backend = bound.get("backend", "mmap")
-    if (not isinstance(framework, str) or framework not in _FRAMEWORKS
-            or not isinstance(backend, str) or backend not in _BACKENDS
-            or not _servable_path(filename) or not _servable_device(device)):
+    if (not isinstance(framework, str) or not isinstance(backend, str)
+            or backend not in _BACKENDS or not _servable_path(filename)):
+        return None
+    if framework in _NUMPY:
+        # Arrays live on the CPU; the reference's refusal of other devices
+        # stays the reference's.
+        if not (_drop_in_serves_numpy() and isinstance(device, str)
+                and device == "cpu"):
+            return None
+    elif framework not in _FRAMEWORKS or not _servable_device(device):
         return None
     return filename, framework, device, backend
+
+
+def _drop_in_serves_numpy() -> bool:
+    """Whether torch_safetensors.torch.safe_open takes framework="numpy"."""
+    global _numpy_served
+    if _numpy_served is None:
+        from . import torch as _torch
+
+        try:
+            _torch._check_framework("numpy")
+            _numpy_served = True
+        except (SafetensorError, ValueError):
+            _numpy_served = False
+    return _numpy_served
 
 
 def _bind_load_file(args: tuple, kwargs: dict
@@ -286,7 +311,8 @@ class safe_open(metaclass=_SafeOpenType):
     ``filename, framework, device="cpu", *, backend="mmap"``).
 
     Returns a torch_safetensors-backed handle for ``framework="pt"`` on the
-    CPU or CUDA, else whatever the original reference ``safe_open`` returns.
+    CPU or CUDA (and ``"numpy"`` on the CPU), else whatever the original
+    reference ``safe_open`` returns.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
