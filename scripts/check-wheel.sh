@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the torch-safetensors wheel and checks that it is self-contained.
 #
-#   scripts/check-wheel.sh build   the wheel into dist/, as `pip wheel .` does
-#                                  for a user (isolated build environment,
-#                                  scikit-build-core; CMake tree in build-wheel/)
+#   scripts/check-wheel.sh build   the sdist and, from it, the wheel into dist/,
+#                                  as `python -m build` does (isolated build
+#                                  environment, scikit-build-core; CMake tree
+#                                  in build-wheel/cmake)
 #   scripts/check-wheel.sh test    build, then install it into a fresh virtual
 #                                  environment with the pinned torch, import
 #                                  it, round-trip tensors, and check that
@@ -25,20 +26,26 @@ WORK=$ROOT/build-wheel
 DIST=$ROOT/dist
 TORCH_PIN=torch==2.13.0
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== [%3ds] %s\n' "$SECONDS" "$*"; }
 fail() { echo "check-wheel: $*" >&2; exit 1; }
 
 build() {
-  step "pip wheel . (isolated build: scikit-build-core, CMake tree in build-wheel/cmake)"
-  rm -rf "$WORK/cmake" "$WORK/wheelhouse"
-  mkdir -p "$WORK" "$DIST"
+  # As `python -m build` does: the sdist first, then the wheel from the sdist
+  # alone, which proves the sdist carries everything the build needs.
+  step "sdist (scikit-build-core's build_sdist), then pip wheel of the sdist (isolated build; CMake tree in build-wheel/cmake)"
+  rm -rf "$WORK/cmake" "$WORK/wheelhouse" "$WORK/sdist"
+  mkdir -p "$WORK/sdist" "$DIST"
+  "$BUILD_PY" -c 'import sys; from scikit_build_core.build import build_sdist; build_sdist(sys.argv[1])' \
+    "$WORK/sdist" >/dev/null
+  local sdist built
+  sdist=$(ls "$WORK"/sdist/torch_safetensors-*.tar.gz)
   "$BUILD_PY" -m pip wheel -q --no-deps --wheel-dir "$WORK/wheelhouse" \
-    --config-settings=build-dir="$WORK/cmake" .
-  local built
+    --config-settings=build-dir="$WORK/cmake" "$sdist"
   built=$(ls "$WORK"/wheelhouse/torch_safetensors-*.whl)
-  rm -f "$DIST"/torch_safetensors-*.whl
-  cp "$built" "$DIST/"
+  rm -f "$DIST"/torch_safetensors-*.whl "$DIST"/torch_safetensors-*.tar.gz
+  cp "$sdist" "$built" "$DIST/"
   WHEEL=$DIST/$(basename "$built")
+  echo "$DIST/$(basename "$sdist")"
   echo "$WHEEL"
 }
 
@@ -72,6 +79,16 @@ check_no_paths() {
 build
 [ "$MODE" = build ] && exit 0
 [ "$MODE" = test ] || fail "usage: scripts/check-wheel.sh [build|test]"
+
+step "the sdist's contents: the source, no virtual environment or build tree"
+SDIST=$(ls "$DIST"/torch_safetensors-*.tar.gz)
+listing=$(tar tzf "$SDIST" | cut -d/ -f2-)
+stray=$(cut -d/ -f1 <<<"$listing" | sort -u | grep -E '^(\.venv|build.*|dist)$' || true)
+[ -z "$stray" ] || fail "the sdist carries: $(echo $stray)"
+for f in CMakeLists.txt pyproject.toml include/safetensors.h csrc/python/module.c torch_plugin/torch_safetensors/__init__.py; do
+  grep -qxF "$f" <<<"$listing" || fail "the sdist lacks $f"
+done
+echo "  $(wc -l <<<"$listing") entries, $(du -k "$SDIST" | cut -f1) KiB"
 
 step "the wheel's contents"
 rm -rf "$WORK/unpacked"
@@ -118,7 +135,9 @@ VENV=$TMP/venv
 step "fresh virtual environment ($VENV): $TORCH_PIN, then the wheel with its declared dependencies"
 "$PY" -m venv "$VENV"
 cp "$WHEEL" "$TMP/"
-"$VENV/bin/python" -m pip install -q "$TORCH_PIN"
+# --no-compile: byte-compiling torch's thousands of files is most of the
+# install's time and nothing this check needs.
+"$VENV/bin/python" -m pip install -q --no-compile "$TORCH_PIN"
 "$VENV/bin/python" -m pip install -q "$TMP/$(basename "$WHEEL")"
 "$VENV/bin/python" -m pip check
 
