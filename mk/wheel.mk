@@ -1,7 +1,9 @@
-# The wheel: `make wheel` builds dist/torch_safetensors-*.whl as `pip wheel .`
-# does (CMake tree in build-wheel/cmake); `make test-wheel` builds it, checks
-# it is self-contained (auditwheel-style readelf checks), installs it with the
-# pinned torch into a fresh virtual environment, imports it, round-trips
+# The wheel: `make wheel` builds the sdist and, from it, the wheel into dist/
+# as `python -m build` does (CMake tree in build-wheel/cmake); `make
+# test-wheel` builds them, checks the sdist's contents and that the wheel is
+# self-contained (auditwheel-style readelf checks), checks the one-line
+# errors for a missing C compiler or Python headers, installs the wheel with
+# the pinned torch into a fresh virtual environment, imports it, round-trips
 # tensors and checks that nothing installed names this tree or .venv.
 .PHONY: wheel test-wheel
 wheel: deps venv
