@@ -236,8 +236,11 @@ class SyscallCounter:
     the profile pass, never during the timed rounds."""
 
     def __init__(self):
+        import threading
+
         self.stats: Dict[str, list] = {}
         self.orig: Dict[str, object] = {}
+        self.lock = threading.Lock()
 
     def __enter__(self):
         self.stats = {}
@@ -251,10 +254,12 @@ class SyscallCounter:
                 t0 = time.perf_counter()
                 r = __f(*a, **k)
                 dt = time.perf_counter() - t0
-                st = self.stats.setdefault(__n, [0, 0, 0.0])
-                st[0] += 1
-                st[1] += r if isinstance(r, int) and __n.startswith(("pw", "wr", "pr")) else 0
-                st[2] += dt
+                nb = r if isinstance(r, int) and __n.startswith(("pw", "wr", "pr")) else 0
+                with self.lock:  # the writers' threads call these concurrently
+                    st = self.stats.setdefault(__n, [0, 0, 0.0])
+                    st[0] += 1
+                    st[1] += nb
+                    st[2] += dt
                 return r
             setattr(os, name, w)
         return self
