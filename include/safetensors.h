@@ -43,7 +43,8 @@
  *     Numbers, names and struct layouts are pinned; the SONAME changes only
  *     when they break.
  *   - Experimental: "Plans and the copy engine" (st_plan_*, st_exec_*,
- *     ST_EXEC_*), declared only when the caller defines ST_EXPERIMENTAL_API
+ *     ST_EXEC_*) and "Sniffing" (st_sniff), declared only when the caller
+ *     defines ST_EXPERIMENTAL_API
  *     before including this header. It may change in any release, and a
  *     program that uses it must be rebuilt against the exact version.
  */
@@ -673,6 +674,23 @@ typedef struct st_exec_stats {
 ST_API st_status st_plan_execute(const st_plan *plan,
                                  const st_exec_options *opts,
                                  st_exec_stats *stats, st_error *err);
+
+/* ==========================================================================
+ * Sniffing -- EXPERIMENTAL (ST_EXPERIMENTAL_API): what the first bytes of a
+ * file say it is, for dispatchers that must choose a loader before opening.
+ * ========================================================================== */
+
+/** Looks at the first len bytes of a file of file_size bytes (head may be
+ *  NULL when len is 0); no I/O. Returns 1 when they can begin a safetensors
+ *  file: at least 9 bytes, N (the first 8) in 2..ST_MAX_HEADER_SIZE, and the
+ *  header's first non-whitespace byte among those given is '{' (or none is
+ *  given yet). Returns 0 otherwise, and then *what (when what is non-NULL)
+ *  is the constant message st_open gives for such a file ("not a safetensors
+ *  file: a zip archive (torch.save?)", "...: a pickle", "...: JSON text (an
+ *  index?)", "...: text", "...: an empty file", ...), or NULL when the bytes
+ *  are nothing it knows. A 1 is no verdict: only st_open validates. */
+ST_API int st_sniff(const void *head, size_t len, uint64_t file_size,
+                    const char **what);
 
 #endif /* ST_EXPERIMENTAL_API */
 

@@ -46,3 +46,21 @@ const char *st__sniff(const unsigned char *p, size_t n, uint64_t file_size) {
     return "not a safetensors file: JSON text (an index?)";
   return "not a safetensors file: text";
 }
+
+int st_sniff(const void *head, size_t len, uint64_t file_size, const char **what) {
+  const unsigned char *p = head;
+  if (what != NULL) *what = NULL;
+  if (p == NULL) len = 0;
+  if (len >= 9) {
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = (n << 8) | p[i];
+    if (n >= 2 && n <= ST_MAX_HEADER_SIZE) {
+      size_t i = 8, end = len - 8 < n ? len : (size_t)(8 + n);
+      while (i < end && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n')) i++;
+      /* only whitespace so far is plausible if the header goes on */
+      if (i == end ? len - 8 < n : p[i] == '{') return 1;
+    }
+  }
+  if (what != NULL) *what = st__sniff(p, len, file_size);
+  return 0;
+}

@@ -1613,6 +1613,21 @@ static PyObject *mod_raise_status(PyObject *Py_UNUSED(m), PyObject *args) {
   return raise_simple((st_status)code, message, NULL);
 }
 
+/* sniff(head, file_size) -> (bool, str | None): st_sniff, the C rule that
+ * torch.load's dispatch and the open errors share. */
+static PyObject *mod_sniff(PyObject *Py_UNUSED(m), PyObject *args) {
+  Py_buffer head;
+  unsigned long long file_size;
+  if (!PyArg_ParseTuple(args, "y*K", &head, &file_size))
+    return NULL;
+  const char *what = NULL;
+  int yes = st_sniff(head.buf, (size_t)head.len, (uint64_t)file_size, &what);
+  PyBuffer_Release(&head);
+  if (what == NULL)
+    return Py_BuildValue("(OO)", yes ? Py_True : Py_False, Py_None);
+  return Py_BuildValue("(Os)", yes ? Py_True : Py_False, what);
+}
+
 static PyObject *mod_status_name(PyObject *Py_UNUSED(m), PyObject *arg) {
   long code = PyLong_AsLong(arg);
   if (code == -1 && PyErr_Occurred())
@@ -1914,6 +1929,8 @@ static PyMethodDef module_methods[] = {
     {"_raise", mod_raise_status, METH_VARARGS,
      "_raise(status, message, tensor_name=None): raises as the C layer does."},
     {"status_name", mod_status_name, METH_O, "status_name(code) -> str"},
+    {"sniff", mod_sniff, METH_VARARGS,
+     "sniff(head, file_size) -> (could_be_safetensors, what_it_is_or_None)"},
     {"dtype_bits", mod_dtype_bits, METH_O, "dtype_bits(name) -> int"},
     {"torch_shape", mod_torch_shape, METH_VARARGS,
      "torch_shape(dtype_name, shape) -> the torch shape of a tensor (or\n"

@@ -144,4 +144,36 @@ TEST(SniffCore, ValidFileWhoseLengthLooksLikeTextOpens) {
   st_close(f);
 }
 
+// st_sniff: the dispatch rule (could these bytes begin a safetensors file?)
+// and, when not, the same words st_open gives.
+TEST(SniffPublic, CouldBeginAFileOrSaysWhatItIs) {
+  std::string valid = make_file("{\"t\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", "x");
+  const char *what = "unset";
+  EXPECT_EQ(st_sniff(valid.data(), valid.size(), valid.size(), &what), 1);
+  EXPECT_EQ(what, nullptr);
+  // truncated: still plausible (st_open reports it); so is a header of spaces so far
+  EXPECT_EQ(st_sniff(valid.data(), 12, 1u << 20, nullptr), 1);
+  std::string spaces = make_file_n(1000, std::string(20, ' '));
+  EXPECT_EQ(st_sniff(spaces.data(), spaces.size(), 1u << 20, nullptr), 1);
+  // whitespace then not '{', N = 0 or 1, N over the cap, fewer than 9 bytes: not
+  std::string notobj = make_file("  [1]");
+  EXPECT_EQ(st_sniff(notobj.data(), notobj.size(), notobj.size(), &what), 0);
+  EXPECT_EQ(what, nullptr);
+  EXPECT_EQ(st_sniff(make_file_n(1, "{").data(), 9, 9, nullptr), 0);
+  std::string over = make_file_n(ST_MAX_HEADER_SIZE + 1, "{}");
+  EXPECT_EQ(st_sniff(over.data(), over.size(), over.size(), nullptr), 0);
+  EXPECT_EQ(st_sniff(valid.data(), 8, valid.size(), nullptr), 0);
+  EXPECT_EQ(st_sniff(nullptr, 0, 0, &what), 0);
+  EXPECT_STREQ(what, "not a safetensors file: an empty file");
+  // every kind the open errors name is not plausible, with the same words
+  for (const Kind &k : kinds()) {
+    if (std::strncmp(k.message, "not a safetensors file", 22) != 0) continue;
+    what = nullptr;
+    EXPECT_EQ(st_sniff(k.bytes.data(), k.bytes.size(), k.bytes.size(), &what), 0) << k.name;
+    if (k.bytes.size() >= 8 || k.bytes.empty()) {
+      EXPECT_STREQ(what, k.message) << k.name;
+    }
+  }
+}
+
 }  // namespace

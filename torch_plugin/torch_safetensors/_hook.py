@@ -67,17 +67,12 @@ from __future__ import annotations
 
 import inspect
 import os
-import struct
 import threading
 from typing import Any, Callable
 
 from ._record import KEY_PREFIX, STRUCTURE_KEY
 
 __all__ = ["install", "uninstall", "is_installed", "STRUCTURE_KEY", "KEY_PREFIX"]
-
-# FORMAT.md's limit on the header length; anything larger cannot be safetensors.
-_MAX_HEADER = 100_000_000
-_JSON_WS = b" \t\r\n"
 
 _lock = threading.Lock()
 # (module, attribute) -> (previous function, our wrapper)
@@ -135,19 +130,13 @@ def save_safetensors(obj: Any, f: Any, metadata: dict[str, str] | None = None,
 # loading
 # --------------------------------------------------------------------------------------------
 
-def _looks_like_safetensors(head: bytes) -> bool:
-    if len(head) < 9:
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    if n < 2 or n > _MAX_HEADER:
-        return False
-    # The file size is deliberately not checked: a truncated safetensors file is still ours to
-    # report. Pickle and zip files start with bytes that make n far larger than the limit.
-    body = head[8:8 + n].lstrip(_JSON_WS)
-    if not body:
-        # only whitespace seen in what we read: plausible only if the header is longer
-        return len(head) - 8 < n
-    return body[:1] == b"{"
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    # The C library's rule (st_sniff), the one its open errors use to name what a file is:
+    # N within the limit and a header that starts with "{". The file size is deliberately
+    # not part of the answer: a truncated safetensors file is still ours to report.
+    from . import _C
+
+    return _C.sniff(head, size)[0]
 
 
 def _sniff(f) -> bool:
@@ -161,9 +150,10 @@ def _sniff(f) -> bool:
         try:
             with open(path, "rb") as fh:
                 head = fh.read(4096)
+                size = os.fstat(fh.fileno()).st_size
         except OSError:
             return False  # the previous torch.load reports it
-        return _looks_like_safetensors(head)
+        return _looks_like_safetensors(head, size)
     if isinstance(f, (bytes, bytearray, memoryview)):
         return False
     read = getattr(f, "read", None)
@@ -181,7 +171,7 @@ def _sniff(f) -> bool:
         head = read(4096)
         if not isinstance(head, (bytes, bytearray)):
             return False
-        return _looks_like_safetensors(bytes(head))
+        return _looks_like_safetensors(bytes(head), pos + len(head))
     finally:
         seek(pos)
 
