@@ -132,17 +132,19 @@ expect_one_line no-python-headers "no Python headers (Python.h) for $BUILD_PY; i
 TMP=$(mktemp -d /tmp/st-wheel.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 VENV=$TMP/venv
-step "fresh virtual environment ($VENV): $TORCH_PIN, then the wheel with its declared dependencies"
+step "fresh virtual environment ($VENV): $TORCH_PIN, then the wheel with its declared dependencies, no compiler or CMake on PATH"
 "$PY" -m venv "$VENV"
 cp "$WHEEL" "$TMP/"
 # --no-compile: byte-compiling torch's thousands of files is most of the
 # install's time and nothing this check needs.
 "$VENV/bin/python" -m pip install -q --no-compile "$TORCH_PIN"
-"$VENV/bin/python" -m pip install -q "$TMP/$(basename "$WHEEL")"
+# The wheel installs and runs with no compiler or CMake: nothing on PATH.
+mkdir "$TMP/empty-path"
+PATH="$TMP/empty-path" "$VENV/bin/python" -m pip install -q "$TMP/$(basename "$WHEEL")"
 "$VENV/bin/python" -m pip check
 
-step "import, torch.save(format=\"safetensors\") / torch.load, load_file"
-(cd "$TMP" && "$VENV/bin/python" - "$VENV" <<'EOF'
+step "import, torch.save(format=\"safetensors\") / torch.load, load_file (nothing on PATH)"
+(cd "$TMP" && PATH="$TMP/empty-path" "$VENV/bin/python" - "$VENV" <<'EOF'
 import os, sys
 
 import torch
