@@ -360,7 +360,8 @@ class SafetensorsStorageWriter(StorageWriter):
             scratch checkpoints: the publish order stays the same.
         weights_name: ``model.safetensors``; shards and the index are named
             from it.
-        threads: positioned-write threads per rank (default 4).
+        threads: files a rank writes at once, one thread each (default 4;
+            the writes to one file stay on one thread).
 
     Example::
 
@@ -506,7 +507,7 @@ class SafetensorsStorageWriter(StorageWriter):
     def write_data(self, plan: SavePlan,
                    planner: SavePlanner) -> "Future[List[WriteResult]]":
         """Writes this rank's chunks at their final positions (positioned,
-        gathered writes on a few threads), fsyncs them, and returns the
+        gathered writes, one thread per file), fsyncs them, and returns the
         non-tensor values as JSON text for the coordinator."""
         placements: Dict[str, _Placement] = (
             plan.storage_data or {}).get("placements", {})
@@ -734,8 +735,8 @@ class SafetensorsStorageWriter(StorageWriter):
     def _pwrite_all(self, writes: Dict[str, List[Tuple[int, memoryview]]]
                     ) -> None:
         """Every (file offset, bytes) piece, gathered into os.pwritev calls
-        of pieces adjacent in the file, on a few threads; then each file is
-        fsynced."""
+        of pieces adjacent in the file, one thread per file (up to
+        ``threads`` files at once); then each file is fsynced."""
         jobs = []
         fds = {}
         try:
@@ -759,22 +760,21 @@ class SafetensorsStorageWriter(StorageWriter):
                     end = off + nbytes
                 if batch:
                     jobs.append((fd, batch, start))
-            if len(jobs) <= 1 or self.threads == 1:
+            # One thread per file, up to `threads` files at once: writes to
+            # one file serialize on its inode lock, so more threads on one
+            # file only add GIL hand-offs (benchmarks/RESULTS.md, dcp-notes:
+            # a Shard(1) save, one pwritev per row, took 5.6 s with four
+            # threads on its file against 4.0 s with one).
+            per_file: Dict[int, list] = {}
+            for job in jobs:
+                per_file.setdefault(job[0], []).append(job)
+            if len(per_file) <= 1 or self.threads == 1:
                 _pwrite_jobs(jobs)
             else:
-                # a few threads, each with a run of jobs of about equal bytes
-                # (one future per thread, not per job: a column shard is one
-                # job per row)
-                n = min(self.threads, len(jobs))
-                total = sum(sum(len(v) for v in job[1]) for job in jobs)
-                groups: List[list] = [[] for _ in range(n)]
-                acc = 0
-                for job in jobs:
-                    k = min(n - 1, acc * n // max(total, 1))
-                    groups[k].append(job)
-                    acc += sum(len(v) for v in job[1])
+                n = min(self.threads, len(per_file))
                 with ThreadPoolExecutor(n) as ex:
-                    for f in [ex.submit(_pwrite_jobs, g) for g in groups]:
+                    for f in [ex.submit(_pwrite_jobs, g)
+                              for g in per_file.values()]:
                         f.result()
             self._phase()
             if self.fsync:
