@@ -206,6 +206,9 @@ def test_convert_trust_pickle_does_a_full_unpickle(tmp_path):
     res = _py("convert", src, dst, "--no-progress", "--trust-pickle", cwd=tmp_path)
     assert "warning:" in res.stderr and "weights_only=False" in res.stderr
     assert "Unsupported global" not in res.stderr
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "unsafe_mod.Unsafe" in res.stderr and "need pickle" in res.stderr
+    assert not dst.exists()
     plain = tmp_path / "plain_with_global.pt"
     code = ("import torch, collections; torch.save({'w': torch.ones(2), "
             "'od': collections.OrderedDict(a=torch.zeros(3)), 'f': torch.float16}, "
