@@ -4,6 +4,10 @@
 #                      (bench_cpu.py), then open + list (bench_open.py) and the torch.save /
 #                      torch.load round trip (bench_python.py); writes RESULTS.md and
 #                      benchmarks/plots/*.png. Run it on a quiet machine (~12 min on 2 cores).
+#   make bench-parallel  tensor-parallel, pipeline-stage and cooperative loads (bench_parallel.py,
+#                      issue 11; ~4 min)
+#   make bench-dcp     torch.distributed.checkpoint save/load, world 2, against torch's
+#                      Hugging Face and FileSystem storage (bench_dcp.py, issue 11; ~10 min)
 #   make bench-quick   smoke run of the same harnesses at tiny sizes: no RESULTS.md rewrite, no
 #                      speed assertions (make test runs it)
 #   make bench-venv    only install the contenders into .venv (never touching torch)
@@ -18,7 +22,7 @@ BENCH_PY_ARGS ?= --runs 3
 BENCH_ENV = ST_LIBRARY=$(CURDIR)/$(BUILD)/libsafetensors.so \
             ST_BENCH=$(CURDIR)/$(BUILD)/benchmarks/st_bench
 
-.PHONY: bench bench-quick bench-venv
+.PHONY: bench bench-quick bench-venv bench-parallel bench-dcp
 
 $(VENV)/.bench-stamp: $(VENV)/.stamp requirements/bench.txt requirements/bench-deps.txt
 	@if $(VPY) -m pip install -q --disable-pip-version-check -r requirements/bench-deps.txt && \
@@ -34,6 +38,12 @@ bench: build venv python-install bench-venv
 	$(BENCH_ENV) $(VPY) benchmarks/bench_open.py $(BENCH_OPEN_ARGS)
 	$(BENCH_ENV) $(VPY) benchmarks/bench_python.py $(BENCH_PY_ARGS)
 
+bench-parallel: build venv python-install bench-venv
+	$(BENCH_ENV) $(VPY) benchmarks/bench_parallel.py
+
+bench-dcp: build venv python-install bench-venv
+	$(BENCH_ENV) $(VPY) benchmarks/bench_dcp.py
+
 bench-quick: build venv python-install bench-venv
 	$(BENCH_ENV) $(VPY) benchmarks/bench_cpu.py --quick --quiet > $(BUILD)/bench-quick.log \
 	  || { cat $(BUILD)/bench-quick.log; exit 1; }
@@ -43,5 +53,10 @@ bench-quick: build venv python-install bench-venv
 	$(BENCH_ENV) $(VPY) benchmarks/bench_python.py --quick --runs 1 \
 	  > $(BUILD)/bench-quick-python.log 2>&1 || { cat $(BUILD)/bench-quick-python.log; exit 1; }
 	@echo "bench-quick: bench_open.py and bench_python.py ok"
+	$(BENCH_ENV) $(VPY) benchmarks/bench_parallel.py --quick > $(BUILD)/bench-quick-parallel.log 2>&1 \
+	  || { cat $(BUILD)/bench-quick-parallel.log; exit 1; }
+	$(BENCH_ENV) $(VPY) benchmarks/bench_dcp.py --quick > $(BUILD)/bench-quick-dcp.log 2>&1 \
+	  || { cat $(BUILD)/bench-quick-dcp.log; exit 1; }
+	@echo "bench-quick: bench_parallel.py and bench_dcp.py ok"
 
 EXTRA_TESTS += bench-quick
