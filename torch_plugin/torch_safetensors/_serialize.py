@@ -166,16 +166,11 @@ class _serializing:
     def __exit__(self, tp, value, tb) -> bool:
         if isinstance(value, SafetensorError) and \
                 getattr(value, "detail", None) is None:
-            new = as_reference(value, "file")
+            new = as_reference(value, "write")
             text = str(new)
             if value.status == 11:  # INVALID_TENSOR_INFO: the length
                 text = ("Error while serializing: invalid shape, data "
                         "type, or offset for tensor")
-            elif value.status == 3:
-                text = f"Error while serializing: I/O error: {text}"
-            else:
-                text = "Error while serializing: " + text.replace(
-                    "Error while deserializing header: ", "")
             new.args = (text,)
             raise new.with_traceback(tb) from None
         return False

@@ -208,10 +208,20 @@ def reference_message(exc: SafetensorError, source: str = "file") -> str:
     """The reference's message for the failure exc reports.
 
     source: ``"file"`` (safe_open, load_file: "Error while deserializing
-    header: ...") or ``"bytes"`` (load, deserialize: "Error while
-    deserializing: ...")."""
+    header: ..."), ``"bytes"`` (load, deserialize: "Error while
+    deserializing: ...") or ``"write"`` (save_file, serialize_file: "Error
+    while serializing: I/O error: ...")."""
     status = getattr(exc, "status", None)
     ours = c_message(exc)
+    if status == ST_ERR_IO and source == "write":
+        err = getattr(exc, "sys_errno", 0) or 0
+        if not err:
+            return f"Error while serializing: I/O error: {ours}"
+        text = (f"Error while serializing: I/O error: {_os.strerror(err)} "
+                f"(os error {err})")
+        if err == _errno.ENOENT and exc.filename is not None:
+            text += f' at path "{exc.filename}"'  # the reference's temp file
+        return text
     if status == ST_ERR_IO:
         err = getattr(exc, "sys_errno", 0) or 0
         if err == _errno.ENOENT:
@@ -220,8 +230,9 @@ def reference_message(exc: SafetensorError, source: str = "file") -> str:
             return f"{_os.strerror(err)} (os error {err})"
         return ours
     if status in _FORMAT_STATUSES:
-        prefix = ("Error while deserializing header: " if source == "file"
-                  else "Error while deserializing: ")
+        prefix = {"file": "Error while deserializing header: ",
+                  "write": "Error while serializing: "}.get(
+                      source, "Error while deserializing: ")
         text = _REFERENCE_TEXT.get(status)
         if text is None:
             return prefix + ours

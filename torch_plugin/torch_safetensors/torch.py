@@ -171,7 +171,8 @@ def _check_backend(backend: str) -> None:
 def _dropin(source: str):
     """Our errors leave the decorated drop-in function with the reference's
     message (errors.as_reference; status, offset, tensor name and our own
-    message, ``detail``, stay as attributes). source: "file" or "bytes"."""
+    message, ``detail``, stay as attributes). source: "file", "bytes" or
+    "write"."""
     def deco(fn):
         @functools.wraps(fn)
         def inner(*args, **kwargs):
@@ -789,7 +790,7 @@ def _fspath(filename: Any) -> str:
                      f"{type(filename).__name__}")
 
 
-@_dropin("bytes")
+@_dropin("write")
 def save(tensors: Dict[str, torch.Tensor],
          metadata: Optional[Dict[str, str]] = None, *,
          policy: str = "error") -> bytes:
@@ -809,7 +810,7 @@ def save(tensors: Dict[str, torch.Tensor],
     return make_writer(host_tensors(tensors, False), metadata).to_bytes()
 
 
-@_dropin("file")
+@_dropin("write")
 def save_file(tensors: Dict[str, torch.Tensor], filename: PathLike,
               metadata: Optional[Dict[str, str]] = None, *,
               direct: bool = False, policy: str = "error") -> None:
@@ -1040,7 +1041,7 @@ def _names_to_drop(state_dict: Dict[str, torch.Tensor], *,
     return result
 
 
-@_dropin("file")
+@_dropin("write")
 def save_model(model: "torch.nn.Module", filename: PathLike,
                metadata: Optional[Dict[str, str]] = None,
                force_contiguous: bool = True) -> None:

@@ -628,3 +628,33 @@ def test_save_model_and_load_model_results(tmp_path):
     # a model that does not match: the same RuntimeError text
     same(lambda: ref_pt.load_model(torch.nn.Linear(3, 2), str(op)),
          lambda: our_pt.load_model(torch.nn.Linear(3, 2), str(op)))
+
+
+@pytest.mark.parametrize("where", ["missing directory", "a directory"])
+def test_save_file_io_errors(tmp_path, where):
+    target = tmp_path / "no" / "x.safetensors" if where == "missing directory" \
+        else tmp_path
+    t = {"a": torch.ones(2)}
+    arrays = {"a": np.ones(2)}
+    for r_call, o_call in (
+            (lambda: ref_pt.save_file(t, str(target)),
+             lambda: our_pt.save_file(t, target)),
+            (lambda: ref_np.save_file(arrays, str(target)),
+             lambda: our_np.save_file(arrays, target)),
+            (lambda: safetensors.serialize_file(
+                _specs(safetensors, ARRAYS), str(target)),
+             lambda: torch_safetensors.serialize_file(
+                 _specs(torch_safetensors, ARRAYS), target))):
+        _, r = _outcome(r_call)
+        _, o = _outcome(o_call)
+        _same_failure(r, o, message=False)
+        assert isinstance(o, OSError) and o.filename == str(target)
+        if where == "a directory":
+            assert str(o) == str(r) == \
+                "Error while serializing: I/O error: Is a directory (os error 21)"
+        else:
+            # the reference names its temporary file, we name the target
+            head = ("Error while serializing: I/O error: No such file or "
+                    "directory (os error 2) at path \"")
+            assert str(r).startswith(head)
+            assert str(o) == head + str(target) + "\""
