@@ -76,9 +76,9 @@ check_no_paths() {
   [ -z "$hits" ] || fail "these files name $ROOT (the build tree or .venv): $hits"
 }
 
+case $MODE in build|test) ;; *) fail "usage: scripts/check-wheel.sh [build|test]" ;; esac
 build
 [ "$MODE" = build ] && exit 0
-[ "$MODE" = test ] || fail "usage: scripts/check-wheel.sh [build|test]"
 
 step "the sdist's contents: the source, no virtual environment or build tree"
 SDIST=$(ls "$DIST"/torch_safetensors-*.tar.gz)
