@@ -169,11 +169,6 @@ def test_failed_save_names_the_path_not_a_tensor(tmp_path, where):
 # convert: the refusal keeps torch's explanation; --trust-pickle converts
 # --------------------------------------------------------------------------------------------
 
-class Unsafe:  # a class torch's restricted unpickler refuses
-    def __init__(self):
-        self.w = torch.arange(4.0)
-
-
 def _unsafe_checkpoint(tmp_path):
     src = tmp_path / "needs_unpickle.pt"
     # pickled by a child so the class lives in a module the CLI process can import
