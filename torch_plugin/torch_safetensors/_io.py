@@ -141,9 +141,12 @@ def read_owned(f: "_C.File", items: List[Tuple[int, Info]],
     if len(plan) == 1 and plan[0][2] < (8 << 20):
         f._read_into(*plan[0])  # not worth a thread pool
     elif plan:
-        # The destinations were just allocated: huge pages for the big ones
-        # (pinned memory is page-locked already, so only for pageable).
-        f._read_many(plan, flags=0 if pin else _C.EXEC_HUGEPAGES)
+        # No EXEC_HUGEPAGES on the fresh destinations: with the common
+        # transparent_hugepage/defrag=madvise, faulting advised memory in
+        # stalls in direct compaction once memory is fragmented (a 503 MB
+        # load: 1.7-3.3 s advised against 0.25-0.49 s plain, alternating
+        # fresh processes; benchmarks/RESULTS.md, cpu-notes).
+        f._read_many(plan)
     return out
 
 
@@ -196,7 +199,7 @@ def read_owned_arena(f: "_C.File",
             plan.append((i, base + off, n))
         del arena  # the tensors hold it
     if plan:
-        f._read_many(plan, flags=_C.EXEC_HUGEPAGES)
+        f._read_many(plan)  # no huge pages: see read_owned
     return out  # type: ignore[return-value]
 
 
