@@ -8,6 +8,8 @@
 #                      issue 11; ~4 min)
 #   make bench-dcp     torch.distributed.checkpoint save/load, world 2, against torch's
 #                      Hugging Face and FileSystem storage (bench_dcp.py, issue 11; ~10 min)
+#   make bench-patch   transformers' from_pretrained with and without patch_safetensors()
+#                      (bench_patch.py, issue 14)
 #   make bench-quick   smoke run of the same harnesses at tiny sizes: no RESULTS.md rewrite, no
 #                      speed assertions (make test runs it)
 #   make bench-venv    only install the contenders into .venv (never touching torch)
@@ -22,7 +24,7 @@ BENCH_PY_ARGS ?= --runs 3
 BENCH_ENV = ST_LIBRARY=$(CURDIR)/$(BUILD)/libsafetensors.so \
             ST_BENCH=$(CURDIR)/$(BUILD)/benchmarks/st_bench
 
-.PHONY: bench bench-quick bench-venv bench-parallel bench-dcp
+.PHONY: bench bench-quick bench-venv bench-parallel bench-dcp bench-patch
 
 $(VENV)/.bench-stamp: $(VENV)/.stamp requirements/bench.txt requirements/bench-deps.txt
 	@if $(VPY) -m pip install -q --disable-pip-version-check -r requirements/bench-deps.txt && \
@@ -44,6 +46,9 @@ bench-parallel: build venv python-install bench-venv
 bench-dcp: build venv python-install bench-venv
 	$(BENCH_ENV) $(VPY) benchmarks/bench_dcp.py
 
+bench-patch: build venv python-install bench-venv
+	$(BENCH_ENV) $(VPY) benchmarks/bench_patch.py
+
 bench-quick: build venv python-install bench-venv
 	$(BENCH_ENV) $(VPY) benchmarks/bench_cpu.py --quick --quiet > $(BUILD)/bench-quick.log \
 	  || { cat $(BUILD)/bench-quick.log; exit 1; }
@@ -57,6 +62,8 @@ bench-quick: build venv python-install bench-venv
 	  || { cat $(BUILD)/bench-quick-parallel.log; exit 1; }
 	$(BENCH_ENV) $(VPY) benchmarks/bench_dcp.py --quick > $(BUILD)/bench-quick-dcp.log 2>&1 \
 	  || { cat $(BUILD)/bench-quick-dcp.log; exit 1; }
-	@echo "bench-quick: bench_parallel.py and bench_dcp.py ok"
+	$(BENCH_ENV) $(VPY) benchmarks/bench_patch.py --quick > $(BUILD)/bench-quick-patch.log 2>&1 \
+	  || { cat $(BUILD)/bench-quick-patch.log; exit 1; }
+	@echo "bench-quick: bench_parallel.py, bench_dcp.py and bench_patch.py ok"
 
 EXTRA_TESTS += bench-quick
