@@ -102,12 +102,13 @@ from .sharded import (
     _fsync_dir,
     _in_use,
     _directory_files,
+    _fresh_shard_names,
+    _group,
     _state_name,
     _state_pattern,
     STATE_KEY as _STATE_KEY,
     _Phases,
     _read_index,
-    _shard_name,
     _shard_pattern,
     parse_size,
 )
@@ -673,27 +674,12 @@ class SafetensorsStorageWriter(StorageWriter):
     def _lay_out(self, directory: str,
                  tensors: Dict[str, Tuple[torch.dtype, Tuple[int, ...]]]
                  ) -> Dict[str, Any]:
-        groups: List[List[str]] = []
-        current: List[str] = []
-        size = 0
-        total = 0
-        for fqn, (dtype, shape) in tensors.items():
-            n = _numel(shape) * dtype.itemsize
-            total += n
-            if current and size + n > self.max_shard_size:
-                groups.append(current)
-                current, size = [], 0
-            current.append(fqn)
-            size += n
-        if current or not groups:
-            groups.append(current)
+        sizes = [(fqn, _numel(shape) * dtype.itemsize)
+                 for fqn, (dtype, shape) in tensors.items()]
+        total = sum(n for _, n in sizes)
+        groups = _group(sizes, self.max_shard_size)
         old = _in_use(directory, self.weights_name)
-        n = len(groups)
-        names = [_shard_name(self.weights_name, k, n) for k in range(1, n + 1)]
-        if old.intersection(names):
-            token = "-" + secrets.token_hex(4)
-            names = [_shard_name(self.weights_name, k, n, token)
-                     for k in range(1, n + 1)]
+        names = _fresh_shard_names(self.weights_name, len(groups), old)
         state_name = _state_name(self.weights_name, secrets.token_hex(4))
         shard_md = {"format": "pt"}
         shard_md.update(self.metadata)

@@ -37,7 +37,7 @@ import re
 import secrets
 import signal
 from collections.abc import Mapping
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -100,14 +100,18 @@ def _nbytes(t: torch.Tensor) -> int:
 
 def _split(tensors: Dict[str, torch.Tensor],
            limit: int) -> List[List[str]]:
-    """Greedy, in the dict's order: a shard closes when the next tensor
+    """The shards of a save: _group over the tensors' byte sizes."""
+    return _group(((name, _nbytes(t)) for name, t in tensors.items()), limit)
+
+
+def _group(sizes: Iterable[Tuple[str, int]], limit: int) -> List[List[str]]:
+    """Greedy, in the given order: a shard closes when the next tensor
     would push it past the limit; a tensor larger than the limit gets a
-    shard of its own."""
+    shard of its own. The one rule for save_sharded and the DCP writer."""
     shards: List[List[str]] = []
     current: List[str] = []
     size = 0
-    for name, t in tensors.items():
-        n = _nbytes(t)
+    for name, n in sizes:
         if current and size + n > limit:
             shards.append(current)
             current, size = [], 0
@@ -121,6 +125,21 @@ def _split(tensors: Dict[str, torch.Tensor],
 def _shard_name(weights_name: str, k: int, total: int, token: str = "") -> str:
     stem, ext = os.path.splitext(weights_name)
     return f"{stem}-{k:05d}-of-{total:05d}{token}{ext}"
+
+
+def _fresh_shard_names(weights_name: str, total: int,
+                       old: set) -> List[str]:
+    """The names of a new checkpoint's total shards: the plain
+    model-0000k-of-0000n names, or, when the old checkpoint uses any of
+    them, every name with one fresh -<8 hex> token, so that no new shard
+    overwrites a file of the old checkpoint before the index is published
+    (ARCHITECTURE.md decision 11)."""
+    names = [_shard_name(weights_name, k, total) for k in range(1, total + 1)]
+    if old.intersection(names):
+        token = "-" + secrets.token_hex(4)
+        names = [_shard_name(weights_name, k, total, token)
+                 for k in range(1, total + 1)]
+    return names
 
 
 def _shard_pattern(weights_name: str) -> "re.Pattern[str]":
@@ -285,12 +304,7 @@ def save_sharded(tensors: Dict[str, torch.Tensor], save_directory: PathLike,
                 _fsync_dir(directory)
             phase()
     else:
-        names = [_shard_name(weights_name, k, len(groups))
-                 for k in range(1, len(groups) + 1)]
-        if old.intersection(names):
-            token = "-" + secrets.token_hex(4)
-            names = [_shard_name(weights_name, k, len(groups), token)
-                     for k in range(1, len(groups) + 1)]
+        names = _fresh_shard_names(weights_name, len(groups), old)
         weight_map: Dict[str, str] = {}
         for fname, group in zip(names, groups):
             write_tensors({n: kept[n] for n in group},

@@ -491,8 +491,8 @@ def _basic_index(index: Any, shape: Tuple[int, ...]):
 _PARALLEL_SLICE = 1 << 20
 
 
-class _SafeSlice:
-    """What ``safe_open.get_slice`` returns (the reference's PySafeSlice)."""
+class _SliceInfo:
+    """What every ``get_slice`` result knows: its tensor in an open file."""
 
     def __init__(self, owner: safe_open, k: int,
                  info: "_C.TensorInfo") -> None:
@@ -507,6 +507,10 @@ class _SafeSlice:
     def get_dtype(self) -> str:
         """The file dtype name, e.g. ``"F32"``."""
         return self._info.dtype
+
+
+class _SafeSlice(_SliceInfo):
+    """What ``safe_open.get_slice`` returns (the reference's PySafeSlice)."""
 
     def __len__(self) -> int:
         shape = self._info.shape
@@ -605,24 +609,10 @@ def _np_index_text(items: Tuple[Any, ...]) -> str:
     return "[" + ", ".join(one(it) for it in items) + "]"
 
 
-class _NumpySlice:
+class _NumpySlice(_SliceInfo):
     """What ``get_slice`` returns with ``framework="numpy"``: the
     reference's slicing rules for numpy (ints, slices with a positive step,
     one Ellipsis; bounds are checked, not clipped), and its messages."""
-
-    def __init__(self, owner: safe_open, k: int,
-                 info: "_C.TensorInfo") -> None:
-        self._owner = owner
-        self._k = k
-        self._info = info
-
-    def get_shape(self) -> List[int]:
-        """The shape in the file."""
-        return list(self._info.shape)
-
-    def get_dtype(self) -> str:
-        """The file dtype name, e.g. ``"F32"``."""
-        return self._info.dtype
 
     def _index(self, index: Any) -> Tuple[Any, ...]:
         items = index if isinstance(index, tuple) else (index,)
