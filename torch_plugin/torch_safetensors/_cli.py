@@ -39,12 +39,11 @@ import re
 import sys
 from typing import Any, Sequence
 
+from ._progress import Progress
+
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
 SAFE_INDEX = "model.safetensors.index.json"
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 class CliError(Exception):
@@ -52,16 +51,17 @@ class CliError(Exception):
 
 
 def parse_size(text: str | int) -> int:
-    """``"5GB"`` -> 5_000_000_000, ``"100MiB"`` -> 104_857_600, ``123`` -> 123."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    if not m or m.group(2).upper() not in _UNITS:
-        raise CliError(f"bad size {text!r}: use e.g. 500MB, 5GB, 2GiB or a byte count")
-    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-    if size <= 0:
-        raise CliError(f"bad size {text!r}: must be positive")
-    return size
+    """``"5GB"`` -> 5_000_000_000, ``"100MiB"`` -> 104_857_600, ``123`` -> 123
+    (sharded.parse_size's rule, with its refusals as CliError)."""
+    from . import sharded
+    from .errors import SafetensorTypeError, SafetensorValueError
+    if isinstance(text, str) and text.strip().isdigit():
+        text = int(text)
+    try:
+        return sharded.parse_size(text)
+    except (SafetensorTypeError, SafetensorValueError):
+        raise CliError(f"bad size {text!r}: use e.g. 500MB, 5GB, 2GiB or a positive "
+                       f"byte count") from None
 
 
 def _size_arg(text: str) -> int:
@@ -69,38 +69,6 @@ def _size_arg(text: str) -> int:
         return parse_size(text)
     except CliError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-# --------------------------------------------------------------------------------------------
-# progress
-# --------------------------------------------------------------------------------------------
-
-class _Progress:
-    """A byte-count progress bar (tqdm when available), or nothing."""
-
-    def __init__(self, total: int, desc: str, enabled: bool | None, unit: str = "B"):
-        self.bar = None
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        if not enabled:
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return
-        scaled = unit == "B"
-        self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=scaled,
-                        unit_divisor=1024, file=sys.stderr, dynamic_ncols=True)
-
-    def update(self, n: int, desc: str | None = None) -> None:
-        if self.bar is not None:
-            if desc is not None:
-                self.bar.set_description(desc)
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +158,7 @@ def convert(src: str, dst: str, max_shard_size: int | None = None,
     sharded_in = len(files) > 1 or src.endswith(".json") or os.path.isdir(src)
     sharded_out = max_shard_size is not None or os.path.isdir(dst) or dst.endswith(os.sep)
     total = sum(os.path.getsize(f) for f in files)
-    bar = _Progress(2 * total, "reading", progress)
+    bar = Progress(2 * total, "reading", progress)
     try:
         merged: dict = {}
         obj: Any = None
@@ -408,7 +376,7 @@ def verify(paths: Sequence[str], progress: bool | None = None, quiet: bool = Fal
             jobs += [(s, None) for s in shards] + [(p, p)]
         else:
             jobs.append((p, None))
-    bar = _Progress(len(jobs), "verify", progress, unit="file")
+    bar = Progress(len(jobs), "verify", progress, unit="file")
     try:
         for path, index in jobs:
             try:

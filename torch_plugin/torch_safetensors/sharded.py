@@ -50,6 +50,7 @@ from .errors import (
     make_error,
 )
 from . import _alias
+from ._progress import Progress
 from ._io import check_tensor_dict, write_tensors
 from .torch import safe_open
 
@@ -241,7 +242,8 @@ def save_sharded(tensors: Dict[str, torch.Tensor], save_directory: PathLike,
                  max_shard_size: Union[int, str] = "5GB",
                  metadata: Optional[Dict[str, str]] = None, *,
                  weights_name: str = WEIGHTS_NAME,
-                 fsync: bool = True, policy: str = "tie") -> List[str]:
+                 fsync: bool = True, policy: str = "tie",
+                 progress: Optional[bool] = None) -> List[str]:
     """Saves tensors as Hugging Face shards plus an index, crash-consistently.
 
     Args:
@@ -259,6 +261,10 @@ def save_sharded(tensors: Dict[str, torch.Tensor], save_directory: PathLike,
             ``torch_safetensors.alias.<dropped>`` = ``<kept>`` so that
             :func:`load_sharded` gives it back sharing storage. ``"copy"``
             stores every name; ``"error"`` refuses shared memory.
+        progress: a progress bar over the bytes written, shard by shard
+            (tqdm, when installed): ``True`` always, ``False`` never,
+            ``None`` (default) when standard error is a terminal and the
+            save writes more than one shard.
 
     A save killed at any point leaves a directory that loads as exactly the
     old checkpoint or exactly the new one: new shards get names no file of
@@ -306,14 +312,18 @@ def save_sharded(tensors: Dict[str, torch.Tensor], save_directory: PathLike,
     else:
         names = _fresh_shard_names(weights_name, len(groups), old)
         weight_map: Dict[str, str] = {}
-        for fname, group in zip(names, groups):
-            write_tensors({n: kept[n] for n in group},
-                          os.path.join(directory, fname), shard_md,
-                          fsync=fsync)
-            written.append(fname)
-            for n in group:
-                weight_map[n] = fname
-            phase()
+        bar = Progress(sum(_nbytes(t) for t in kept.values()),
+                       "saving shards", progress)
+        with bar:
+            for fname, group in zip(names, groups):
+                write_tensors({n: kept[n] for n in group},
+                              os.path.join(directory, fname), shard_md,
+                              fsync=fsync)
+                written.append(fname)
+                for n in group:
+                    weight_map[n] = fname
+                bar.update(sum(_nbytes(kept[n]) for n in group))
+                phase()
         index = {
             "metadata": {"total_size": sum(_nbytes(t)
                                            for t in kept.values())},
@@ -514,27 +524,39 @@ class ShardedCheckpoint(Mapping):
                 return None
         return self._handle(shard).metadata()
 
-    def to_dict(self) -> Dict[str, torch.Tensor]:
-        """Every tensor, shard by shard (file order inside a shard)."""
+    def to_dict(self, progress: Optional[bool] = False
+                ) -> Dict[str, torch.Tensor]:
+        """Every tensor, shard by shard (file order inside a shard).
+        ``progress``: a bar over the shards (see :func:`load_sharded`)."""
         out: Dict[str, torch.Tensor] = {}
         wanted: Dict[str, List[str]] = {}
         for name, fname in self._map.items():
             wanted.setdefault(fname, []).append(name)
-        for fname in sorted(wanted):
-            f = self._handle(fname)
-            names = set(wanted[fname])
-            missing = names.difference(f.offset_keys())
-            if missing:
-                name = sorted(missing)[0]
-                raise make_error(SafetensorKeyError,
-                                 f"the index puts tensor {name} in {fname}, "
-                                 f"which does not contain it",
-                                 ST_ERR_NOT_FOUND, tensor_name=name)
-            for name, t in f.get_tensors().items():
-                if name in names:
-                    out[name] = t
+        if progress is None and len(wanted) < 2:
+            progress = False
+        with Progress(len(wanted), "loading shards", progress,
+                      unit="shard") as bar:
+            for fname in sorted(wanted):
+                self._load_shard(fname, wanted[fname], out)
+                bar.update(1)
         out = {name: out[name] for name in self._map}
         return _alias.restore(out, self.metadata())
+
+    def _load_shard(self, fname: str, wanted: List[str],
+                    out: Dict[str, torch.Tensor]) -> None:
+        """The wanted tensors of one shard into out."""
+        f = self._handle(fname)
+        names = set(wanted)
+        missing = names.difference(f.offset_keys())
+        if missing:
+            name = sorted(missing)[0]
+            raise make_error(SafetensorKeyError,
+                             f"the index puts tensor {name} in {fname}, "
+                             f"which does not contain it",
+                             ST_ERR_NOT_FOUND, tensor_name=name)
+        for name, t in f.get_tensors().items():
+            if name in names:
+                out[name] = t
 
     def close(self) -> None:
         for h in self._handles.values():
@@ -557,17 +579,21 @@ def open_sharded(path: PathLike,
 
 def load_sharded(path: PathLike,
                  device: Union[str, int, torch.device] = "cpu", *,
-                 backend: str = "mmap") -> Dict[str, torch.Tensor]:
+                 backend: str = "mmap",
+                 progress: Optional[bool] = None) -> Dict[str, torch.Tensor]:
     """Loads every tensor of a sharded checkpoint into one dict; tied names
     that save_sharded stored once come back sharing the kept tensor's
     storage.
 
     path: ``model.safetensors.index.json``, a directory (its index, or else
     every ``*.safetensors`` file in it), or a single file.
+    progress: a progress bar over the shards (tqdm, when installed):
+    ``True`` always, ``False`` never, ``None`` (default) when standard error
+    is a terminal and there is more than one shard.
 
     Example::
 
         state_dict = load_sharded("gpt2-checkpoint/")
     """
     with ShardedCheckpoint(path, device, backend=backend) as ckpt:
-        return ckpt.to_dict()
+        return ckpt.to_dict(progress)

@@ -170,3 +170,23 @@ def test_transformers_shards_load_and_ours_load_in_transformers(tmp_path):
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_progress_bars_reach_the_total(tmp_path, capsys):
+    """save_sharded and load_sharded show one tqdm bar each when asked (over
+    the bytes written, over the shards read), ending at exactly the total;
+    never when told not to, nor by default off a terminal."""
+    sd = {f"w{k}": torch.full((64,), float(k)) for k in range(6)}  # 256 B each
+    save_sharded(sd, tmp_path / "a", max_shard_size=512, progress=True)
+    err = capsys.readouterr().err
+    assert "saving shards" in err and "100%" in err
+    assert "1.50k/1.50k" in err  # 1,536 bytes, every one reported
+    out = load_sharded(tmp_path / "a", progress=True)
+    err = capsys.readouterr().err
+    assert "loading shards" in err and "3/3" in err and "100%" in err
+    assert all(torch.equal(out[k], v) for k, v in sd.items())
+    save_sharded(sd, tmp_path / "b", max_shard_size=512, progress=False)
+    load_sharded(tmp_path / "b", progress=False)
+    save_sharded(sd, tmp_path / "c", max_shard_size=512)  # stderr: no tty
+    load_sharded(tmp_path / "c")
+    assert capsys.readouterr().err == ""
