@@ -85,23 +85,11 @@ def _input_files(src: str) -> list[str]:
     if not os.path.exists(src):
         raise CliError(f"{src}: no such file")
     if src.endswith(".json"):
-        with open(src, encoding="utf-8") as fh:
-            try:
-                index = json.load(fh)
-            except ValueError as e:
-                raise CliError(f"{src}: not a JSON index: {e}") from None
-        wm = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
-            raise CliError(f"{src}: no weight_map of tensor name -> shard file")
-        base = os.path.dirname(os.path.abspath(src))
-        files: list[str] = []
-        for shard in wm.values():
-            if os.path.basename(shard) != shard:
-                raise CliError(f"{src}: shard name {shard!r} is not a plain file name")
-            path = os.path.join(base, shard)
-            if path not in files:
-                files.append(path)
-        return files
+        try:
+            _, shards = _index_shards(src)
+        except _Invalid as e:
+            raise CliError(str(e)) from None
+        return shards
     return [src]
 
 
@@ -259,22 +247,18 @@ def inspect_file(path: str) -> dict:
     return info
 
 
-def _read_index(path: str) -> tuple[dict, list[str]]:
-    """A sharded checkpoint's index: (weight_map, shard paths in first-use order)."""
+def _index_shards(path: str) -> tuple[dict, list[str]]:
+    """A sharded checkpoint's index, read by the loaders' own rule
+    (sharded._read_index): (weight_map, shard paths in first-use order)."""
+    from . import sharded
+    from .errors import SafetensorValueError
     try:
-        with open(path, encoding="utf-8") as fh:
-            index = json.load(fh)
-    except ValueError as e:
+        directory, wm, _ = sharded._read_index(path)
+    except SafetensorValueError as e:
         raise _Invalid(f"{path}: invalid index: {e}") from None
-    wm = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
-        raise _Invalid(f"{path}: invalid index: no weight_map of tensor name -> shard file")
-    base = os.path.dirname(path)
     shards: list[str] = []
     for shard in wm.values():
-        if os.path.basename(shard) != shard:
-            raise _Invalid(f"{path}: invalid index: shard name {shard!r} is not a plain file name")
-        p = os.path.join(base, shard)
+        p = os.path.join(directory, shard)
         if p not in shards:
             shards.append(p)
     return wm, shards
@@ -304,7 +288,7 @@ def _exit_for(e: BaseException) -> int:
 
 def inspect_index(path: str) -> tuple[dict, int]:
     """Each shard's facts and the weight_map check of a sharded checkpoint's index."""
-    wm, shards = _read_index(path)
+    wm, shards = _index_shards(path)
     worst = 0
     out: dict[str, Any] = {"index": path, "weight_map_entries": len(wm), "shards": [],
                            "missing": []}
@@ -366,7 +350,7 @@ def verify(paths: Sequence[str], progress: bool | None = None, quiet: bool = Fal
     for p in paths:
         if p.endswith(".json"):
             try:
-                _, shards = _read_index(p)
+                _, shards = _index_shards(p)
             except (OSError, _Invalid) as e:
                 code = _exit_for(e)
                 worst = max(worst, code)
