@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
-from typing import List, Tuple
+import signal
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
@@ -85,3 +87,48 @@ def inside_mapping(ptr: int, path: str) -> bool:
 def collect() -> None:
     for _ in range(3):
         gc.collect()
+
+
+#: sharded.py's test hook: a save stops itself (SIGSTOP) at this phase.
+STOP_ENV = "TORCH_SAFETENSORS_TEST_STOP_AT"
+
+
+def stopped_at_phase(save: Callable[[], Any], stop_at: int) -> bool:
+    """Forks a child that runs save() and stops itself at phase stop_at;
+    True when it stopped there (it is then SIGKILLed), False when it
+    finished. The crash tests of save_sharded and of the DCP writer."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.environ[STOP_ENV] = str(stop_at)
+            save()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, os.WUNTRACED)
+    if os.WIFSTOPPED(status):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return True
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    return False
+
+
+def transformers_style(directory: str, ref: Any) -> Optional[dict]:
+    """What transformers loads: model.safetensors first, else the index's
+    shards, each through the reference package; None when neither."""
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.isfile(single):
+        return ref.load_file(single)
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if not os.path.isfile(index):
+        return None
+    with open(index, encoding="utf-8") as fh:
+        weight_map = json.load(fh)["weight_map"]
+    out = {}
+    for fname in sorted(set(weight_map.values())):
+        part = ref.load_file(os.path.join(directory, fname))
+        out.update({k: v for k, v in part.items() if weight_map.get(k) == fname})
+    assert set(out) == set(weight_map)
+    return out

@@ -12,9 +12,7 @@ the coordinator's, and a rank's writes are the same code."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 
 import pytest
 import torch
@@ -27,12 +25,11 @@ from torch_safetensors.distributed import (
 )
 from torch_safetensors.torch import save_file
 
-from _ahelpers import rand
+from _ahelpers import rand, stopped_at_phase, transformers_style
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:torch.distributed is disabled:UserWarning")
 
-STOP_ENV = "TORCH_SAFETENSORS_TEST_STOP_AT"
 
 
 def _state(tag, n, step=None, size=256):
@@ -88,23 +85,6 @@ def _ours(directory):
     return sd
 
 
-def _transformers_style(directory, ref):
-    single = os.path.join(directory, "model.safetensors")
-    if os.path.isfile(single):
-        return ref.load_file(single)
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if not os.path.isfile(index):
-        return None
-    with open(index, encoding="utf-8") as fh:
-        weight_map = json.load(fh)["weight_map"]
-    out = {}
-    for fname in sorted(set(weight_map.values())):
-        part = ref.load_file(os.path.join(directory, fname))
-        out.update({k: v for k, v in part.items() if weight_map.get(k) == fname})
-    assert set(out) == set(weight_map)
-    return out
-
-
 def _tensors(sd):
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
@@ -112,27 +92,6 @@ def _tensors(sd):
 def _save(state, directory, limit):
     dcp.save(state, storage_writer=SafetensorsStorageWriter(
         directory, max_shard_size=limit), no_dist=True)
-
-
-def _save_in_child(state, directory, limit, stop_at):
-    """Forks a child that saves and stops at phase stop_at; True when the
-    child stopped there (and was SIGKILLed), False when it finished."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            os.environ[STOP_ENV] = str(stop_at)
-            _save(state, directory, limit)
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, os.WUNTRACED)
-    if os.WIFSTOPPED(status):
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        return True
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
-    return False
 
 
 # (old state, how it is saved: a shard limit for DCP, "single" for a plain
@@ -160,9 +119,10 @@ def test_killed_at_every_phase_loads_old_or_new(tmp_path, ref, case):
             save_file(old, os.path.join(directory, "model.safetensors"))
         elif how is not None:
             _save(old, directory, how)
-        stopped = _save_in_child(new, directory, new_limit, stop)
+        stopped = stopped_at_phase(
+            lambda: _save(new, directory, new_limit), stop)
         ours = _ours(directory)
-        theirs = _transformers_style(directory, ref)
+        theirs = transformers_style(directory, ref)
         for loaded, want_old, want_new in (
                 (ours, old, new),
                 (theirs, old and _tensors(old), _tensors(new))):
@@ -192,7 +152,7 @@ def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
     """A save killed after it created its temporary shards leaves hidden
     files; the next save from this host removes them (their pid is dead)."""
     directory = str(tmp_path)
-    assert _save_in_child(_state("a", 4), directory, 2048, 1)
+    assert stopped_at_phase(lambda: _save(_state("a", 4), directory, 2048), 1)
     left = [n for n in os.listdir(directory) if n.endswith(".tmp")]
     assert len(left) == 2 and all(n.startswith(".") for n in left), left
     assert _ours(directory) is None

@@ -7,18 +7,15 @@ the reference package (model.safetensors if present, else the index)."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 
 import pytest
 import torch
 
 from torch_safetensors.sharded import load_sharded, save_sharded
 
-from _ahelpers import rand
+from _ahelpers import rand, stopped_at_phase, transformers_style
 
-STOP_ENV = "TORCH_SAFETENSORS_TEST_STOP_AT"
 
 
 def _state(tag, n, size=256):
@@ -32,51 +29,11 @@ def _same(a, b):
         torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)) for k in a)
 
 
-def _transformers_style(directory, ref):
-    """What transformers loads: model.safetensors first, else the index's
-    shards, each through the reference package; None when neither."""
-    single = os.path.join(directory, "model.safetensors")
-    if os.path.isfile(single):
-        return ref.load_file(single)
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if not os.path.isfile(index):
-        return None
-    with open(index, encoding="utf-8") as fh:
-        weight_map = json.load(fh)["weight_map"]
-    out = {}
-    for fname in sorted(set(weight_map.values())):
-        part = ref.load_file(os.path.join(directory, fname))
-        out.update({k: v for k, v in part.items() if weight_map.get(k) == fname})
-    assert set(out) == set(weight_map)
-    return out
-
-
 def _ours(directory):
     try:
         return load_sharded(directory)
     except FileNotFoundError:
         return None
-
-
-def _save_in_child(state, directory, limit, stop_at):
-    """Forks a child that saves and stops at phase stop_at; returns True when
-    the child stopped there (and was SIGKILLed), False when it finished."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            os.environ[STOP_ENV] = str(stop_at)
-            save_sharded(state, directory, max_shard_size=limit)
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, os.WUNTRACED)
-    if os.WIFSTOPPED(status):
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        return True
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
-    return False
 
 
 # (old state, its shard limit, new state, its shard limit); limit None: no
@@ -101,8 +58,9 @@ def test_killed_at_every_phase_loads_old_or_new(tmp_path, ref, case):
             save_sharded(old, directory, max_shard_size=old_limit)
         else:
             directory.mkdir()
-        stopped = _save_in_child(new, directory, new_limit, stop)
-        for loaded in (_ours(directory), _transformers_style(directory, ref)):
+        stopped = stopped_at_phase(
+            lambda: save_sharded(new, directory, max_shard_size=new_limit), stop)
+        for loaded in (_ours(directory), transformers_style(directory, ref)):
             if loaded is None:
                 assert old is None, f"phase {stop}: nothing loads"
                 outcomes.append("old")
