@@ -257,3 +257,32 @@ def bar_plot(path: Path, title: str, names: Sequence[str], series: Dict[str, Seq
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+class LineWorker:
+    """A long-lived benchmark worker process speaking one JSON line per
+    command: argv is its command line; ask(command) writes one line and
+    returns the JSON line it answers."""
+
+    def __init__(self, argv: list, env: dict = None):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env)
+
+    def ask_line(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("benchmark worker died")
+        return json.loads(line)
+
+    def ask(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.ask_line()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.proc.wait(timeout=60)

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -125,37 +124,17 @@ def worker(contender: str) -> None:
 # driver side
 # --------------------------------------------------------------------------------------------
 
-class Worker:
+class Worker(_common.LineWorker):
     def __init__(self, contender: str):
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         env.pop("TORCH_SAFETENSORS_PATCH", None)
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", contender],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=env)
-
-    def ask_line(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("benchmark worker died")
-        return json.loads(line)
+        super().__init__([sys.executable, __file__, "--worker", contender], env)
 
     def save(self, work: Path, quick: bool) -> dict:
-        self.proc.stdin.write(f"{'save-quick' if quick else 'save'} {work}\n")
-        self.proc.stdin.flush()
-        return self.ask_line()
+        return self.ask(f"{'save-quick' if quick else 'save'} {work}")
 
     def run(self, path: str, nommap: bool) -> dict:
-        self.proc.stdin.write(f"{'load-nommap' if nommap else 'load'} {path}\n")
-        self.proc.stdin.flush()
-        return self.ask_line()
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        self.proc.wait(timeout=60)
+        return self.ask(f"{'load-nommap' if nommap else 'load'} {path}")
 
 
 def save_models(work: Path, quick: bool) -> dict:

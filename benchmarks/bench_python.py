@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -159,32 +158,14 @@ def worker(contender: str, dtype_name: str, small: bool) -> None:
 # driver side
 # --------------------------------------------------------------------------------------------
 
-class Worker:
+class Worker(_common.LineWorker):
     def __init__(self, contender: str, dtype: str, small: bool):
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", contender, dtype] + (["--small"] if small
-                                                                        else []),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        super().__init__([sys.executable, __file__, "--worker", contender, dtype]
+                         + (["--small"] if small else []))
         self.ask_line()
 
-    def ask_line(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("benchmark worker died")
-        return json.loads(line)
-
     def run(self, cmd: str, path: str) -> dict:
-        self.proc.stdin.write(f"{cmd} {path}\n")
-        self.proc.stdin.flush()
-        return self.ask_line()
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        self.proc.wait(timeout=60)
+        return self.ask(f"{cmd} {path}")
 
 
 def bench_workload(dtype: str, small: bool, runs: int, work: Path, progress) -> dict:
