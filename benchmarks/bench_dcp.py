@@ -542,6 +542,7 @@ def child_main(job: dict) -> None:
         r.dist.destroy_process_group()
     if r.rank == 0:
         print(json.dumps(out))
+    C.exit_rank(0)
 
 
 # =============================================================================================

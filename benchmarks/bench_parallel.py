@@ -363,7 +363,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child_main(json.loads(args.child))))
-        return 0
+        C.exit_rank(0)
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.caches = [c for c in args.caches.split(",") if c]
     workloads = [w for w in args.workloads.split(",") if w]

@@ -34,6 +34,13 @@ def worker(rank: int, rendezvous: str, path: str) -> None:
     print(f"rank {rank}: read {coop.bytes_read} of {alone.bytes_read} bytes "
           f"itself, the rest came by broadcast")
     dist.destroy_process_group()
+    # torch 2.13's gloo backend keeps its worker threads after
+    # destroy_process_group(); one still dropping a finished collective's
+    # tensors while Python shuts down aborts the process ("terminate called
+    # without an active exception"). Everything is written and closed: leave
+    # without interpreter teardown.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def main() -> int:

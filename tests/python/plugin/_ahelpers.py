@@ -6,7 +6,8 @@ import gc
 import json
 import os
 import signal
-from typing import Any, Callable, List, Optional, Tuple
+import sys
+from typing import Any, Callable, List, NoReturn, Optional, Tuple
 
 import torch
 
@@ -132,3 +133,18 @@ def transformers_style(directory: str, ref: Any) -> Optional[dict]:
         out.update({k: v for k, v in part.items() if weight_map.get(k) == fname})
     assert set(out) == set(weight_map)
     return out
+
+
+def exit_rank(code: int) -> NoReturn:
+    """Ends a gloo rank now, without interpreter teardown.
+
+    torch 2.13's gloo backend keeps its worker threads after
+    destroy_process_group(). A worker still releasing a finished
+    collective's tensors when Python finalizes must take the GIL to drop
+    them, is stopped mid-destructor, and the process aborts ("terminate
+    called without an active exception"; seen in CI on
+    examples/python/dcp_save_load.py). Files are closed by then; only
+    stdout and stderr need flushing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

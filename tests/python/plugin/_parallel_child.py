@@ -66,4 +66,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _ahelpers import exit_rank  # beside this file
+    exit_rank(main())

@@ -34,7 +34,7 @@ from torch_safetensors.distributed import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _ahelpers import rand  # noqa: E402
+from _ahelpers import exit_rank, rand  # noqa: E402
 
 
 class Ctx:
@@ -588,6 +588,7 @@ def main() -> None:
             json.dump(results, fh)
         dist.barrier()
     dist.destroy_process_group()
+    exit_rank(0)
 
 
 if __name__ == "__main__":
