@@ -119,6 +119,76 @@ class SafetensorIsADirectoryError(SafetensorOSError, IsADirectoryError):
     pass
 
 
+class SafetensorExportError(SafetensorValueError):
+    """An exported-program directory (docs/EXPORT.md) that cannot be saved,
+    loaded or given these weights; the subclasses name the reason."""
+
+
+class SafetensorExportManifestError(SafetensorExportError):
+    """export.json missing, malformed, of another format or version, or not
+    what the package reports (its constant names)."""
+
+
+class SafetensorExportTorchVersionError(SafetensorExportError):
+    """The package was compiled by another torch version than this one."""
+
+
+class SafetensorExportWeightsBakedError(SafetensorExportError):
+    """The package holds its weights (compiled with
+    ``aot_inductor.package_constants_in_so=True``, the default)."""
+
+
+class SafetensorExportPickleError(SafetensorExportError):
+    """A constant that only pickle can hold (a torchbind object, a tensor
+    subclass, a quantized or sparse tensor)."""
+
+
+class SafetensorExportMissingError(SafetensorExportError):
+    """A constant the package needs is not in the weights."""
+
+
+class SafetensorExportUnexpectedError(SafetensorExportError):
+    """The weights hold a tensor the package does not need."""
+
+
+class SafetensorExportShapeError(SafetensorExportError):
+    """A weight's shape is not the one the package was compiled for."""
+
+
+class SafetensorExportDtypeError(SafetensorExportError):
+    """A weight's dtype is not the one the package was compiled for."""
+
+
+class SafetensorExportHashError(SafetensorExportError):
+    """The weights file is not the one export.json names (its sha256)."""
+
+
+class SafetensorQuantError(SafetensorError, ValueError):
+    """A quantized group (docs/QUANT.md) that cannot be described, checked
+    or dequantized; ``tensor_name`` is the group's result name."""
+
+
+class SafetensorQuantLayoutError(SafetensorQuantError):
+    """A group's components disagree with its method: a missing component,
+    a scale, zero point or packed tensor of the wrong dtype or shape, a
+    group size that does not divide."""
+
+
+class SafetensorQuantDescriptorError(SafetensorQuantError):
+    """The ``torch_safetensors.quant`` descriptor (or a quantization
+    config) breaks a rule of docs/QUANT.md."""
+
+
+class SafetensorQuantAmbiguousError(SafetensorQuantError):
+    """Without a descriptor or a config, more than one layout fits; the
+    ``candidates`` attribute lists them. We never guess."""
+
+
+class SafetensorQuantUnsupportedError(SafetensorQuantError):
+    """A quantization method, bit width or rank this reader does not
+    dequantize (yet)."""
+
+
 _ERRNO_CLASSES = {
     _errno.ENOENT: SafetensorFileNotFoundError,
     _errno.EACCES: SafetensorPermissionError,
@@ -304,6 +374,14 @@ __all__ = [
     "SafetensorKeyError", "SafetensorUnsupportedDtypeError",
     "SafetensorMemoryError", "SafetensorOSError",
     "SafetensorFileNotFoundError", "SafetensorPermissionError",
-    "SafetensorIsADirectoryError", "make_error", "as_reference",
+    "SafetensorIsADirectoryError", "SafetensorQuantError",
+    "SafetensorQuantLayoutError", "SafetensorQuantDescriptorError",
+    "SafetensorQuantAmbiguousError", "SafetensorQuantUnsupportedError",
+    "make_error", "as_reference",
+    "SafetensorExportError", "SafetensorExportManifestError",
+    "SafetensorExportTorchVersionError", "SafetensorExportWeightsBakedError",
+    "SafetensorExportPickleError", "SafetensorExportMissingError",
+    "SafetensorExportUnexpectedError", "SafetensorExportShapeError",
+    "SafetensorExportDtypeError", "SafetensorExportHashError",
     "reference_message",
 ]
