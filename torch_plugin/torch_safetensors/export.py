@@ -432,13 +432,7 @@ def _layout(weights: Mapping[str, Tuple[torch.Tensor, Any]]
     return consts, store
 
 
-def _compile(ep: "torch.export.ExportedProgram", package_path: str,
-             inductor_configs: Optional[Dict[str, Any]]
-             ) -> Mapping[str, Tuple[torch.Tensor, Any]]:
-    from torch._inductor import aot_compile
-    from torch._inductor.package import package_aoti
-    from torch.export.pt2_archive._package_weights import Weights
-
+def _options(inductor_configs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     options = dict(inductor_configs or {})
     if options.get("aot_inductor.package_constants_in_so"):
         raise _error(SafetensorExportWeightsBakedError,
@@ -452,11 +446,16 @@ def _compile(ep: "torch.export.ExportedProgram", package_path: str,
                          f"inductor_configs[{key!r}] must be {value!r} for "
                          f"an export directory, not {options[key]!r}")
         options[key] = value
-    for name, c in ep.constants.items():
-        if not isinstance(c, torch.Tensor):
-            raise _error(SafetensorExportPickleError,
-                         f"constant {name!r} is a {type(c).__name__}, which "
-                         f"only pickle can hold", ST_ERR_UNSUPPORTED, name)
+    return options
+
+
+def _compile(ep: "torch.export.ExportedProgram", package_path: str,
+             options: Dict[str, Any]
+             ) -> Mapping[str, Tuple[torch.Tensor, Any]]:
+    from torch._inductor import aot_compile
+    from torch._inductor.package import package_aoti
+    from torch.export.pt2_archive._package_weights import Weights
+
     gm = ep.module(check_guards=False)
     args, kwargs = ep.example_inputs
     files = aot_compile(gm, args, kwargs, options=options)
@@ -500,17 +499,23 @@ def save(module: Union[torch.nn.Module, "torch.export.ExportedProgram"],
         ['fc1.bias', 'fc1.weight', 'fc2.bias', 'fc2.weight']
     """
     directory = os.fspath(directory)
+    options = _options(inductor_configs)
     if isinstance(module, torch.export.ExportedProgram):
         ep = module
     else:
         ep = torch.export.export(module, tuple(example_args),
                                  example_kwargs, dynamic_shapes=dynamic_shapes,
                                  strict=strict)
+    for name, c in ep.constants.items():
+        if not isinstance(c, torch.Tensor):
+            raise _error(SafetensorExportPickleError,
+                         f"constant {name!r} is a {type(c).__name__}, which "
+                         f"only pickle can hold", ST_ERR_UNSUPPORTED, name)
     os.makedirs(directory, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".export-", dir=directory)
     try:
         tmp_pkg = os.path.join(work, PACKAGE)
-        weights = _compile(ep, tmp_pkg, inductor_configs)
+        weights = _compile(ep, tmp_pkg, options)
         consts, store = _layout(weights)
         check_package(tmp_pkg)
         # The package's own list of names is the contract; the compiler's
