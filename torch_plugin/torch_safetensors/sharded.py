@@ -49,7 +49,7 @@ from .errors import (
     SafetensorValueError,
     make_error,
 )
-from . import _alias
+from . import _alias, quant
 from ._progress import Progress
 from ._io import check_tensor_dict, write_tensors
 from .torch import safe_open
@@ -580,7 +580,9 @@ def open_sharded(path: PathLike,
 def load_sharded(path: PathLike,
                  device: Union[str, int, torch.device] = "cpu", *,
                  backend: str = "mmap",
-                 progress: Optional[bool] = None) -> Dict[str, torch.Tensor]:
+                 progress: Optional[bool] = None,
+                 dequantize: Optional[torch.dtype] = None
+                 ) -> Dict[str, torch.Tensor]:
     """Loads every tensor of a sharded checkpoint into one dict; tied names
     that save_sharded stored once come back sharing the kept tensor's
     storage.
@@ -590,10 +592,16 @@ def load_sharded(path: PathLike,
     progress: a progress bar over the shards (tqdm, when installed):
     ``True`` always, ``False`` never, ``None`` (default) when standard error
     is a terminal and there is more than one shard.
+    dequantize: ``torch.bfloat16``, ``torch.float16`` or ``torch.float32``
+    turns every quantized group into one dense tensor under its unquantized
+    name, as :func:`torch_safetensors.torch.load_file` does (docs/QUANT.md);
+    a group may span shards.
 
     Example::
 
         state_dict = load_sharded("gpt2-checkpoint/")
     """
     with ShardedCheckpoint(path, device, backend=backend) as ckpt:
+        if dequantize is not None:
+            return quant.dequantize_checkpoint(ckpt, progress, dequantize)
         return ckpt.to_dict(progress)

@@ -64,7 +64,7 @@ from typing import (Any, Dict, Iterable, List, Optional, Set, Tuple, Union,
 
 import torch
 
-from . import _alias, _C, _dtypes, _io
+from . import _alias, _C, _dtypes, _io, quant
 # read_owned is called as _io.read_owned: the benchmarks time it by wrapping
 # the module's function.
 from ._io import (
@@ -211,6 +211,11 @@ class safe_open:
         backend: ``"mmap"`` (default; CPU tensors are zero-copy, writable
             views of a private mapping) or ``"pread"`` (no mapping; owned
             tensors).
+        dequantize: an extension of this package: ``torch.bfloat16``,
+            ``torch.float16`` or ``torch.float32`` to see every quantized
+            group (docs/QUANT.md) as one dense tensor of that dtype under
+            its unquantized name; keys() then lists those names in place
+            of the groups' components. Default None: what is stored.
 
     Example::
 
@@ -222,7 +227,8 @@ class safe_open:
     @_dropin("file")
     def __init__(self, filename: PathLike, framework: str = "pt",
                  device: Union[str, int, torch.device] = "cpu", *,
-                 backend: str = "mmap") -> None:
+                 backend: str = "mmap",
+                 dequantize: Optional[torch.dtype] = None) -> None:
         self._framework = _check_framework(framework)
         _check_backend(backend)
         if type(device) is int and device >= 0:
@@ -245,6 +251,9 @@ class safe_open:
         self._infos_cache: Optional[List["_C.TensorInfo"]] = None
         self._index_cache: Optional[Dict[str, int]] = None
         self._closed = False
+        self._quant: Optional[Tuple[torch.dtype, Dict[str, Any]]] = None
+        if dequantize is not None:
+            self._quant = _quant_plan(self, filename, dequantize)
 
     @staticmethod
     def _open(filename: Any, backend: str) -> "_C.File":
@@ -303,11 +312,17 @@ class safe_open:
     def keys(self) -> List[str]:
         """The tensor names, sorted."""
         self._check_open()
+        if self._quant is not None:
+            return sorted(quant.logical_names(self._file.names(),
+                                              self._quant[1]))
         return self._file.names()
 
     def offset_keys(self) -> List[str]:
         """The tensor names in the order of their data in the file."""
         self._check_open()
+        if self._quant is not None:
+            return quant.logical_names(self._file.names(sorted=False),
+                                       self._quant[1])
         return self._file.names(sorted=False)
 
     def metadata(self) -> Optional[Dict[str, str]]:
@@ -352,6 +367,10 @@ class safe_open:
     def get_tensor(self, name: str) -> Any:
         """The whole tensor ``name`` (on the requested device; a numpy
         array with ``framework="numpy"``)."""
+        if self._quant is not None and name in self._quant[1]:
+            self._check_open()
+            return self._place(quant.dequantize_group(
+                self._quant[1][name], self._raw, self._quant[0]))
         k = self._lookup(name)
         if self._framework == "numpy":
             info = self._info(k)
@@ -374,13 +393,23 @@ class safe_open:
         else:
             ts = _io.read_owned(self._file, list(enumerate(self._infos)),
                              pin=not cpu and pin_available())
+        out = {info.name: t for info, t in zip(self._infos, ts)}
+        if self._quant is not None:
+            out = quant.dequantize_tensors(out, self._quant[1],
+                                           self._quant[0])
         if not cpu:
-            ts = [self._place(t) for t in ts]
-        return {info.name: t for info, t in zip(self._infos, ts)}
+            out = {n: self._place(t) for n, t in out.items()}
+        return out
+
+    def _raw(self, name: str) -> torch.Tensor:
+        """The stored tensor name, on the CPU (a component of a group)."""
+        return self._cpu_tensor(self._lookup(name))
 
     @_dropin("file")
     def get_slice(self, name: str) -> "_SafeSlice":
         """A lazy handle: index it (``[a:b, ::2, -1]``) to read a part."""
+        if self._quant is not None and name in self._quant[1]:
+            raise quant.slice_refused(name)
         k = self._lookup(name)
         if self._framework == "numpy":
             return _NumpySlice(self, k, self._info(k))
@@ -405,14 +434,33 @@ class _safe_open_handle(safe_open):
 
     def __init__(self, f: Any, framework: str = "pt",
                  device: Union[str, int, torch.device] = "cpu", *,
-                 backend: str = "mmap") -> None:
+                 backend: str = "mmap",
+                 dequantize: Optional[torch.dtype] = None) -> None:
         fileno = f.fileno  # AttributeError, as the reference
         f.name
-        super().__init__(fileno(), framework, device, backend=backend)
+        super().__init__(fileno(), framework, device, backend=backend,
+                         dequantize=dequantize)
 
     @staticmethod
     def _open(fd: Any, backend: str) -> "_C.File":
         return _C.File(fd, backend=backend, writable=True)
+
+
+def _quant_plan(f: safe_open, filename: Any, dtype: Any
+                ) -> Tuple[torch.dtype, Dict[str, Any]]:
+    """(dtype, quantized groups) of an open file, for dequantize=dtype:
+    its descriptor, else inference with the config.json beside it."""
+    quant.check_output_dtype(dtype)
+    if f._framework != "pt":
+        raise _ref_error(SafetensorValueError,
+                         'dequantize needs framework "pt"')
+    md = f.metadata()
+    directory = None
+    if isinstance(filename, (str, bytes, os.PathLike)):
+        directory = os.path.dirname(os.path.abspath(os.fsdecode(filename)))
+    infos = {i.name: (i.dtype, tuple(i.shape)) for i in f._infos}
+    return dtype, quant.describe(infos, md, quant.read_config(directory, md),
+                                 f._raw)
 
 
 # --------------------------------------------------------------------------
@@ -833,17 +881,27 @@ def save_file(tensors: Dict[str, torch.Tensor], filename: PathLike,
 @_dropin("file")
 def load_file(filename: PathLike,
               device: Union[str, int, torch.device] = "cpu", *,
-              backend: str = "mmap") -> Dict[str, torch.Tensor]:
+              backend: str = "mmap",
+              dequantize: Optional[torch.dtype] = None
+              ) -> Dict[str, torch.Tensor]:
     """Loads every tensor of a safetensors file, keyed by name. Names that
     ``save_file(..., policy="tie")`` stored once come back too, sharing the
     kept tensor's storage.
 
+    ``dequantize`` (an extension of this package): ``torch.bfloat16``,
+    ``torch.float16`` or ``torch.float32`` turns every quantized group
+    (docs/QUANT.md: compressed-tensors, GPTQ, AWQ, FP8 block, MXFP4,
+    NVFP4) into one dense tensor under its unquantized name
+    (``<module>.weight``, ``[out, in]``); other tensors come back as
+    stored.
+
     Example::
 
         state_dict = load_file("model.safetensors")
+        dense = load_file("w4a16.safetensors", dequantize=torch.bfloat16)
     """
     with safe_open(filename, framework="pt", device=device,
-                   backend=backend) as f:
+                   backend=backend, dequantize=dequantize) as f:
         return _alias.restore(f.get_tensors(), f.metadata())
 
 
