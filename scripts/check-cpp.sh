@@ -5,9 +5,12 @@
 # that records no path of the build machine's LibTorch (RPATH, CMake files),
 # a consumer configured as the PyTorch C++ docs say (find_package(Torch) with
 # CMAKE_PREFIX_PATH, then find_package(safetensors)), the deployment example
-# found through -DTorch_DIR and its bitwise check against Python, and the
-# one-line error when LibTorch is not given at all. Prints the compile time
-# of every C++ translation unit it built.
+# found through -DTorch_DIR and its bitwise check against Python, the export
+# path (AOTInductor packages whose weights live in safetensors, compiled by
+# examples/cpp/export_aoti.py once per torch version and cached in the build
+# tree, run by deploy_export), and the one-line error when LibTorch is not
+# given at all. Prints the compile time of every C++ translation unit it
+# built.
 #
 # Usage: scripts/check-cpp.sh [BUILD_DIR]   (default: build-torch)
 set -euo pipefail
@@ -32,7 +35,7 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DST_TORCH_PYTHON="$PY" -DCMAKE_INSTALL_PREFIX="$PREFIX" >/dev/null
 # Everything the install step installs, plus the C++ tests.
 cmake --build "$BUILD" -j "$JOBS" --target safetensors safetensors_static safetensors_torch \
-  cpp_test_load cpp_test_module cpp_test_fixtures
+  cpp_test_load cpp_test_module cpp_test_fixtures cpp_test_export
 
 step "C++ tests"
 ctest --test-dir "$BUILD" -R '^cpp_' --output-on-failure
@@ -41,6 +44,7 @@ step "install to $PREFIX"
 rm -rf "$PREFIX"
 cmake --install "$BUILD" >/dev/null
 test -f "$PREFIX/include/safetensors/torch.hpp"
+test -f "$PREFIX/include/safetensors/export.hpp"
 if ! grep -q safetensorsTorch.cmake "$PREFIX/lib/cmake/safetensors/safetensorsConfig.cmake"; then
   echo "check-cpp: the installed safetensorsConfig.cmake does not include safetensorsTorch.cmake;" >&2
   echo "  cmake/safetensorsConfig.cmake.in needs, before check_required_components():" >&2
@@ -94,6 +98,29 @@ cmake -S examples/cpp -B "$EXAMPLE" -G Ninja -DCMAKE_BUILD_TYPE=Release \
 cmake --build "$EXAMPLE" -j "$JOBS"
 "$PY" examples/cpp/export.py "$EXAMPLE/out"
 "$EXAMPLE/deploy" "$EXAMPLE/out/model.safetensors" "$EXAMPLE/out/io.safetensors"
+
+step "export path: AOTInductor packages with safetensors weights, run by <safetensors/export.hpp>"
+# Compiling the packages takes about a minute on 2 cores: they are cached in
+# the build tree, keyed by the torch version and the sources that make them.
+AOTI=$BUILD/aoti
+AOTI_KEY="$("$PY" -c 'import torch; print(torch.__version__)') $(cat examples/cpp/export_aoti.py \
+  examples/cpp/model.py torch_plugin/torch_safetensors/export.py tests/cpp/aoti_fixtures.py |
+  sha256sum | cut -c1-16)"
+if [ "$(cat "$AOTI/key" 2>/dev/null)" != "$AOTI_KEY" ]; then
+  rm -rf "$AOTI"
+  mkdir -p "$AOTI"
+  t0=$(date +%s%N)
+  "$PY" examples/cpp/export_aoti.py "$AOTI/out"
+  "$PY" tests/cpp/aoti_fixtures.py "$AOTI" "$AOTI/out/mlp" "$AOTI/out/block"
+  echo "$AOTI_KEY" >"$AOTI/key"
+  echo "export step: $(( ($(date +%s%N) - t0) / 1000000 )) ms (compiled; cached in $AOTI)"
+else
+  echo "export step: 0 ms (cached in $AOTI, key $AOTI_KEY)"
+fi
+for model in mlp block; do
+  "$EXAMPLE/deploy_export" --runner "$AOTI/out/$model/runner.safetensors" \
+    --baked "$AOTI/baked.pt2" "$AOTI/out/$model"
+done
 
 step "compile time per translation unit (last build of each, from .ninja_log; -j$JOBS)"
 for log in "$BUILD/.ninja_log" "$CONSUMER/.ninja_log" "$EXAMPLE/.ninja_log"; do
