@@ -717,8 +717,9 @@ def load(directory: PathLike, device: Union[str, int, torch.device] = "cpu",
     and, with verify, its sha256 against the manifest; then the package's
     own constant names against the manifest.
 
-    device: where the program runs; a package compiled for the CPU runs on
-    the CPU only.
+    device: where the program runs: the device type the package was
+    compiled for (its AOTI_DEVICE_KEY metadata), an index of it; the
+    weights are copied there (zero-copy views on the CPU).
 
     Raises SafetensorExportManifestError, SafetensorExportTorchVersionError,
     SafetensorExportWeightsBakedError, SafetensorExportPickleError,
@@ -757,6 +758,12 @@ def load(directory: PathLike, device: Union[str, int, torch.device] = "cpu",
     from torch._inductor import aoti_load_package
     index = dev.index if dev.index is not None else -1
     runner = aoti_load_package(package, device_index=index)
+    compiled_for = runner.get_metadata().get("AOTI_DEVICE_KEY")
+    if compiled_for != dev.type:
+        raise _error(SafetensorExportError,
+                     f"{package} was compiled for {compiled_for}, not "
+                     f"{dev.type}: export it again on that device",
+                     ST_ERR_UNSUPPORTED, filename=package)
     fqns = set(runner.get_constant_fqns())
     if fqns != set(manifest["constants"]):
         raise _error(SafetensorExportManifestError,

@@ -323,6 +323,11 @@ def test_package_with_pickled_constants_refused(entry, tmp_path):
         export.check_package(pkg)
 
 
+def test_other_device_refused():
+    with pytest.raises(SafetensorExportError, match="compiled for cpu"):
+        export.load(exported("mlp"), device="meta")
+
+
 def test_package_with_other_constants_refused(tmp_path):
     dst = _clone(exported("mlp"), tmp_path / "d")
     os.remove(os.path.join(dst, "model.pt2"))
