@@ -1113,3 +1113,206 @@ def dequantize_checkpoint(ckpt: Any, progress: Optional[bool],
     config = read_config(ckpt._dir, mds[0] if mds else None)
     groups = describe(infos_of(tensors), mds, config, tensors.__getitem__)
     return dequantize_tensors(tensors, groups, dtype)
+
+
+# --------------------------------------------------------------------------
+# Writing: round-to-nearest quantization into the compressed-tensors layout
+# --------------------------------------------------------------------------
+
+#: scheme -> (format, weights args of its quantization_config). The names
+#: are compressed-tensors' preset names (weight-only).
+SCHEMES: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "W4A16": ("pack-quantized", {"num_bits": 4, "type": "int",
+                                 "strategy": "group", "group_size": 128}),
+    "W8A16": ("pack-quantized", {"num_bits": 8, "type": "int",
+                                 "strategy": "group", "group_size": 128}),
+    "W8A16_CHANNEL": ("pack-quantized", {"num_bits": 8, "type": "int",
+                                         "strategy": "channel"}),
+    "FP8": ("float-quantized", {"num_bits": 8, "type": "float",
+                                "strategy": "tensor"}),
+    "FP8_CHANNEL": ("float-quantized", {"num_bits": 8, "type": "float",
+                                        "strategy": "channel"}),
+    "FP8_BLOCK": ("float-quantized", {"num_bits": 8, "type": "float",
+                                      "strategy": "block",
+                                      "block_structure": [128, 128]}),
+}
+
+_DEFAULT_IGNORE = ("lm_head", "re:.*embed.*")
+_FP8_MAX = 448.0
+
+
+def _refuse(message: str, name: Optional[str] = None) -> SafetensorQuantError:
+    return _err(SafetensorQuantUnsupportedError, message, name,
+                ST_ERR_INVALID_ARGUMENT)
+
+
+def _parse_spec(spec: Any) -> Tuple[str, Dict[str, Any], Tuple[str, ...]]:
+    """(format, weights args, ignore patterns) of a quantize= value: a
+    scheme name, or {"scheme": name, "group_size": g, "ignore": [...]}."""
+    opts: Dict[str, Any] = {}
+    if isinstance(spec, dict):
+        opts = dict(spec)
+        spec = opts.pop("scheme", None)
+    if not isinstance(spec, str) or spec.upper() not in SCHEMES:
+        raise _refuse(f"quantize: unknown scheme {spec!r}; one of "
+                      f"{', '.join(SCHEMES)}")
+    fmt, args = SCHEMES[spec.upper()]
+    args = dict(args)
+    if "group_size" in opts:
+        gs = opts.pop("group_size")
+        if args["strategy"] != "group" or not isinstance(gs, int) or \
+                isinstance(gs, bool) or gs <= 0:
+            raise _refuse(f"quantize: group_size {gs!r} for scheme {spec}")
+        args["group_size"] = gs
+    ignore = opts.pop("ignore", _DEFAULT_IGNORE)
+    if isinstance(ignore, str) or not all(isinstance(x, str) for x in ignore):
+        raise _refuse("quantize: ignore must be a list of names or "
+                      "re: patterns")
+    if opts:
+        raise _refuse(f"quantize: unknown options {sorted(opts)}")
+    return fmt, args, tuple(ignore)
+
+
+def _ignored(module: str, ignore: Iterable[str]) -> bool:
+    for p in ignore:
+        if p.startswith("re:"):
+            if re.fullmatch(p[3:], module):
+                return True
+        elif module == p or module.endswith("." + p):
+            return True
+    return False
+
+
+def _rtn_scale(amax: torch.Tensor, qmax: float, dtype: torch.dtype
+               ) -> torch.Tensor:
+    """amax / qmax in the scale's dtype; 1 where a group is all zeros."""
+    s = (amax.to(torch.float32) / qmax).to(dtype)
+    return torch.where(s == 0, torch.ones_like(s), s)
+
+
+def _pack_rows(u: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned values [rows, n] (< 2^bits, bits in 2, 4, 8) -> the dense
+    LSB-first int32 rows of pack-quantized."""
+    rows, n = u.shape
+    per = 8 // bits
+    u = torch.nn.functional.pad(u.to(torch.uint8), (0, -n % per))
+    u = u.reshape(rows, -1, per).to(torch.int32)
+    by = torch.zeros(u.shape[:2], dtype=torch.int32)
+    for k in range(per):
+        by |= u[:, :, k] << (k * bits)
+    by = torch.nn.functional.pad(by.to(torch.uint8), (0, -by.shape[1] % 4))
+    return by.contiguous().view(torch.int32)
+
+
+def _quantize_int(w: torch.Tensor, args: Dict[str, Any]
+                  ) -> Dict[str, torch.Tensor]:
+    bits = args["num_bits"]
+    out, inn = w.shape
+    qmax = (1 << (bits - 1)) - 1
+    wf = w.to(torch.float32)
+    if args["strategy"] == "group":
+        gs = args["group_size"]
+        v = wf.reshape(out, inn // gs, gs)
+        s = _rtn_scale(v.abs().amax(-1), qmax, w.dtype)
+        q = torch.round(v / s.to(torch.float32).unsqueeze(-1)).reshape(out, inn)
+    else:
+        s = _rtn_scale(wf.abs().amax(1, keepdim=True), qmax, w.dtype)
+        q = torch.round(wf / s.to(torch.float32))
+    q = q.clamp(-qmax - 1, qmax).to(torch.int32) + (1 << (bits - 1))
+    return {"weight_packed": _pack_rows(q, bits), "weight_scale": s,
+            "weight_shape": torch.tensor([out, inn], dtype=torch.int64)}
+
+
+def _quantize_fp8(w: torch.Tensor, args: Dict[str, Any]
+                  ) -> Dict[str, torch.Tensor]:
+    out, inn = w.shape
+    wf = w.to(torch.float32)
+    strat = args["strategy"]
+    if strat == "tensor":
+        s = _rtn_scale(wf.abs().amax().reshape(1), _FP8_MAX, w.dtype)
+        sf = s.to(torch.float32).reshape(())
+    elif strat == "channel":
+        s = _rtn_scale(wf.abs().amax(1, keepdim=True), _FP8_MAX, w.dtype)
+        sf = s.to(torch.float32)
+    else:
+        bh, bw = args["block_structure"]
+        ph, pw = -(-out // bh) * bh, -(-inn // bw) * bw
+        p = torch.nn.functional.pad(wf.abs(), (0, pw - inn, 0, ph - out))
+        amax = p.reshape(ph // bh, bh, pw // bw, bw).amax((1, 3))
+        s = _rtn_scale(amax, _FP8_MAX, w.dtype)
+        sf = s.to(torch.float32).repeat_interleave(bh, 0)[:out] \
+            .repeat_interleave(bw, 1)[:, :inn]
+    q = (wf / sf).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
+    return {"weight": q, "weight_scale": s}
+
+
+def quantize_state_dict(tensors: Mapping[str, torch.Tensor], spec: Any,
+                        metadata: Optional[Mapping[str, str]] = None
+                        ) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """(tensors, metadata) with every 2-D floating ``*.weight`` not matched
+    by the ignore list replaced by its compressed-tensors group (round to
+    nearest), and the descriptor and quantization_config added to the
+    metadata (docs/QUANT.md, "Writing")."""
+    fmt, args, ignore = _parse_spec(spec)
+    md = dict(metadata or {})
+    for k in (DESCRIPTOR_KEY, CONFIG_KEY):
+        if k in md:
+            raise _refuse(f"quantize: metadata key {k!r} is written by the "
+                          f"quantizer")
+    out: Dict[str, torch.Tensor] = {}
+    groups: List[Group] = []
+    skipped: List[str] = []
+    for name, t in tensors.items():
+        module = name[:-len(".weight")] if name.endswith(".weight") else None
+        if module is None or not isinstance(t, torch.Tensor) or \
+                t.dim() != 2 or t.dtype not in OUTPUT_DTYPES:
+            out[name] = t
+            continue
+        if _ignored(module, ignore):
+            skipped.append(module)
+            out[name] = t
+            continue
+        w = t.detach().to("cpu")
+        if args["strategy"] == "group" and w.shape[1] % args["group_size"]:
+            raise _refuse(f"quantize: {name} has {w.shape[1]} columns, not a "
+                          f"multiple of the group size {args['group_size']}; "
+                          f"add it to ignore", name)
+        parts = (_quantize_int if args["type"] == "int" else _quantize_fp8)(
+            w, args)
+        comps = {}
+        for local, v in parts.items():
+            full = f"{module}.{local}"
+            if full in tensors and full != name:
+                raise _refuse(f"quantize: {full} already exists", full)
+            out[full] = v
+            role = {"weight_packed": "packed", "weight_scale": "scale",
+                    "weight_shape": "shape", "weight": "weight"}[local]
+            comps[role] = full
+        groups.append(Group(
+            name, "compressed-tensors/pack-quantized" if fmt ==
+            "pack-quantized" else "compressed-tensors/naive-quantized",
+            comps, tuple(w.shape), bits=args["num_bits"],
+            strategy=args["strategy"], group_size=args.get("group_size"),
+            block=tuple(args["block_structure"])
+            if "block_structure" in args else None,
+            dtype=_dtypes.st_name(w.dtype)))
+    weights = dict(args, symmetric=True, dynamic=False)
+    config = {"quant_method": "compressed-tensors", "format": fmt,
+              "quantization_status": "compressed",
+              "config_groups": {"group_0": {"targets": ["Linear"],
+                                            "weights": weights,
+                                            "format": fmt}},
+              "ignore": sorted(set(skipped))}
+    md[DESCRIPTOR_KEY] = descriptor_json(groups)
+    md[CONFIG_KEY] = json.dumps(config, sort_keys=True,
+                                separators=(",", ":"))
+    return out, md
+
+
+def quantization_config(metadata: Optional[Mapping[str, str]]
+                        ) -> Optional[Dict[str, Any]]:
+    """The quantization_config a file written with ``quantize=`` carries
+    (put it in the model's config.json for other loaders), or None."""
+    if not metadata or CONFIG_KEY not in metadata:
+        return None
+    return json.loads(metadata[CONFIG_KEY])

@@ -851,7 +851,8 @@ def save(tensors: Dict[str, torch.Tensor],
 @_dropin("write")
 def save_file(tensors: Dict[str, torch.Tensor], filename: PathLike,
               metadata: Optional[Dict[str, str]] = None, *,
-              direct: bool = False, policy: str = "error") -> None:
+              direct: bool = False, policy: str = "error",
+              quantize: Any = None) -> None:
     """Saves a dict of tensors into ``filename``, durably and atomically.
 
     ``policy`` (an extension of this package) says what happens to tensors
@@ -866,11 +867,23 @@ def save_file(tensors: Dict[str, torch.Tensor], filename: PathLike,
     memory does not evict everything else; filesystems that refuse
     ``O_DIRECT`` get ordinary writes. The bytes are the same either way.
 
+    ``quantize`` (an extension of this package): a scheme (``"W4A16"``,
+    ``"W8A16"``, ``"W8A16_CHANNEL"``, ``"FP8"``, ``"FP8_CHANNEL"``,
+    ``"FP8_BLOCK"``) or ``{"scheme": ..., "group_size": g, "ignore":
+    [...]}``: every 2-D floating ``*.weight`` (but ``lm_head`` and
+    embeddings, by default) is quantized to nearest and stored in the
+    compressed-tensors layout, with its quantization_config and our
+    descriptor in the metadata (docs/QUANT.md, "Writing").
+
     Example::
 
         save_file({"embedding": torch.zeros((512, 1024))}, "m.safetensors")
+        save_file(model.state_dict(), "w4.safetensors", quantize="W4A16")
     """
     path = _fspath(filename)
+    if quantize is not None and isinstance(tensors, dict):
+        tensors, metadata = quant.quantize_state_dict(
+            tensors, quantize, check_metadata(metadata))
     owner = _check_for_save(tensors, policy)
     metadata = check_metadata(metadata)
     tensors, metadata = _tied(tensors, owner, metadata)

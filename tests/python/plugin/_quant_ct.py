@@ -81,19 +81,9 @@ def ct_dequantize(directory, dtype, fmt, scheme_args):
     tensors as stored. (Its model-free CompressedTensorsDequantizer re-infers the format
     from the scheme and takes an int-quantized scheme without activations for
     pack-quantized, so it is used only where the format is the inferred one.)"""
-    tensors = safetensors.torch.load_file(os.path.join(directory, "model.safetensors"))
     scheme = QuantizationScheme(targets=["Linear"], weights=scheme_args, format=fmt)
-    comp = BaseCompressor.get_value_from_registry(fmt)
-    names = comp.compression_param_names(scheme)
-    out = {}
-    for name in list(tensors):
-        mod, _, local = name.rpartition(".")
-        if local != names[0] or f"{mod}.{names[1]}" not in tensors:
-            continue
-        sd = {n: tensors.pop(f"{mod}.{n}") for n in names if f"{mod}.{n}" in tensors}
-        out[f"{mod}.weight"] = comp.decompress(sd, scheme)["weight"].to(dtype)
-    out.update(tensors)
-    return out
+    return decompress_modules(os.path.join(directory, "model.safetensors"), fmt, scheme,
+                              dtype)
 
 
 def ct_dequantize_model_free(directory, dtype):
@@ -111,3 +101,22 @@ def float_args(strategy, block=None, group_size=None, bits=8, scale_dtype=None):
     return QuantizationArgs(num_bits=bits, type="float", strategy=strategy,
                             block_structure=block, group_size=group_size,
                             symmetric=True, scale_dtype=scale_dtype)
+
+
+def decompress_modules(path, fmt, scheme, dtype=None):
+    """Each module's components of the file at path through compressed-tensors'
+    compressor for fmt (its decompress; the weight cast to dtype when given), the other
+    tensors as stored."""
+    tensors = safetensors.torch.load_file(path)
+    comp = BaseCompressor.get_value_from_registry(fmt)
+    names = comp.compression_param_names(scheme)
+    out = {}
+    for name in list(tensors):
+        mod, _, local = name.rpartition(".")
+        if local != names[0] or f"{mod}.{names[1]}" not in tensors:
+            continue
+        sd = {n: tensors.pop(f"{mod}.{n}") for n in names if f"{mod}.{n}" in tensors}
+        w = comp.decompress(sd, scheme)["weight"]
+        out[f"{mod}.weight"] = w if dtype is None else w.to(dtype)
+    out.update(tensors)
+    return out
