@@ -6,7 +6,8 @@ per model, named by a key over the torch version and the sources that decide
 its contents (examples/cpp/model.py, examples/cpp/export_aoti.py, this file,
 torch_safetensors/export.py): a change to any of them compiles again.
 Concurrent test processes take a lock per model; a folder appears complete
-(renamed into place) or not at all.
+(renamed into place) or not at all, and a new one replaces the model's
+folders of older keys.
 """
 
 import fcntl
@@ -116,4 +117,8 @@ def exported(name):
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
+        for entry in os.listdir(root):  # older keys' folders of this model
+            stale = os.path.join(root, entry)
+            if entry.startswith(f"{name}-") and stale != final:
+                shutil.rmtree(stale, ignore_errors=True)
     return final
