@@ -90,6 +90,9 @@ _FORCED_CONFIGS = {
     # small 1-D constants (<= 8 elements) would otherwise be inlined into the
     # kernels' code, where no weights file can reach them.
     "always_keep_tensor_constants": True,
+    # constants folded at run time are computed by the package from others
+    # and never reach the compiler's Weights: not a weights file's business.
+    "aot_inductor.use_runtime_constant_folding": False,
 }
 
 _CHUNK = 1 << 20

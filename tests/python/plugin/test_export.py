@@ -304,10 +304,10 @@ def test_save_refuses_weights_inside(tmp_path):
     with pytest.raises(SafetensorExportWeightsBakedError):
         export.save(model, (x,), out, inductor_configs={
             "aot_inductor.package_constants_in_so": True})
-    with pytest.raises(SafetensorExportError,
-                       match="always_keep_tensor_constants"):
-        export.save(model, (x,), out, inductor_configs={
-            "always_keep_tensor_constants": False})
+    for key, value in [("always_keep_tensor_constants", False),
+                       ("aot_inductor.use_runtime_constant_folding", True)]:
+        with pytest.raises(SafetensorExportError, match=key):
+            export.save(model, (x,), out, inductor_configs={key: value})
     assert not os.path.exists(out)
 
 
