@@ -9,7 +9,9 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/DynamicLibrary.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
 #include <caffe2/core/common.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/inductor/aoti_runner/model_container_runner.h>
@@ -337,20 +339,33 @@ struct ExportAccess {
 }  // namespace detail
 
 struct ExportedProgram::Impl {
+  // The tensors the package's constants view (user-managed): the active set,
+  // and the one the inactive buffer still names until the next swap. Declared
+  // before the loader, so that they outlive it.
+  std::unordered_map<std::string, at::Tensor> active, previous;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
   ExportManifest manifest;
   std::vector<detail::Expected> expected;
   ExportOptions options;
   c10::Device device = c10::Device(c10::kCPU);
   std::string weights_path;
-  // The constants the package uses (user-managed): the active set, and the
-  // one the inactive buffer still names until the next swap.
-  std::unordered_map<std::string, at::Tensor> active, previous;
+
+  // Gives the package its constants. AOTInductor keeps a reference to each
+  // user-managed tensor that it never drops (LibTorch 2.13), which would keep
+  // every weights file mapped until the process exits: it is given views
+  // that do not own their memory, and this object owns the tensors instead.
+  void give(const std::unordered_map<std::string, at::Tensor> &tensors, bool use_inactive) {
+    std::unordered_map<std::string, at::Tensor> views;
+    for (const auto &[fqn, t] : tensors)
+      views.emplace(fqn, at::from_blob(t.data_ptr(), t.sizes(), t.strides(), t.options()));
+    loader->load_constants(views, use_inactive, /*check_full_update=*/true,
+                           options.user_managed);
+  }
 
   // Opens and validates a weights file, then loads its tensors onto the
   // device: one tensor per stored name, shared by tied constants.
   std::unordered_map<std::string, at::Tensor> read(const std::string &path) const {
-    File file(path, options.backend, options.populate);
+    File file(path, options.backend);
     detail::validate(expected, file, path);
     LoadOptions lo;
     lo.device = device;
@@ -380,15 +395,20 @@ ExportedProgram ExportAccess::open(const std::string &package_path,
                             ": compile the package again with torch " + runtime);
   }
 
-  std::string device_key;
+  auto impl = std::make_unique<ExportedProgram::Impl>();
+  impl->options = options;
   try {
-    auto meta = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(
-        package_path, "model");
-    device_key = meta["AOTI_DEVICE_KEY"];
+    impl->loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+        package_path, "model", /*run_single_threaded=*/false, options.num_runners,
+        options.device && options.device->has_index() ? options.device->index()
+                                                      : c10::DeviceIndex(-1));
+  } catch (const c10::Error &e) {
+    bad_package(package_path, e.what_without_backtrace());
   } catch (const std::exception &e) {
-    bad_package(package_path, std::string("not an AOTInductor package with a model \"model\": ") +
-                                  e.what());
+    bad_package(package_path, e.what());
   }
+  // The device the package was compiled for; nothing has run on it yet.
+  const std::string device_key = impl->loader->get_metadata()["AOTI_DEVICE_KEY"];
   c10::Device device(c10::kCPU);
   try {
     device = c10::Device(device_key);
@@ -402,17 +422,7 @@ ExportedProgram ExportAccess::open(const std::string &package_path,
     device = *options.device;
   }
   if (device.is_cuda() && !device.has_index()) device.set_index(0);
-
-  auto impl = std::make_unique<ExportedProgram::Impl>();
-  impl->options = options;
   impl->device = device;
-  try {
-    impl->loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
-        package_path, "model", /*run_single_threaded=*/false, options.num_runners,
-        device.has_index() ? device.index() : c10::DeviceIndex(-1));
-  } catch (const std::exception &e) {
-    bad_package(package_path, e.what());
-  }
   auto *runner = impl->loader->get_runner();
   if (!runner->extract_constants_map(/*use_inactive=*/false).empty())
     throw ExportError(ExportErrc::weights_baked_in, ST_ERR_UNSUPPORTED,
@@ -426,8 +436,7 @@ ExportedProgram ExportAccess::open(const std::string &package_path,
   if (manifest) impl->manifest = *manifest;
   impl->active = impl->read(weights_path);
   impl->weights_path = weights_path;
-  impl->loader->load_constants(impl->active, /*use_inactive=*/false,
-                               /*check_full_update=*/true, options.user_managed);
+  impl->give(impl->active, /*use_inactive=*/false);
   if (!options.user_managed) impl->active.clear();  // the package holds copies
   return ExportedProgram(std::move(impl));
 }
@@ -470,8 +479,7 @@ std::vector<at::Tensor> ExportedProgram::run(const std::vector<at::Tensor> &inpu
 
 void ExportedProgram::swap_weights(const std::string &weights_path) {
   auto next = impl_->read(weights_path);
-  impl_->loader->load_constants(next, /*use_inactive=*/true, /*check_full_update=*/true,
-                                impl_->options.user_managed);
+  impl_->give(next, /*use_inactive=*/true);
   auto *runner = impl_->loader->get_runner();
   runner->swap_constant_buffer();
   impl_->weights_path = weights_path;

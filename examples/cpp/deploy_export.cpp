@@ -14,6 +14,7 @@
 //     package; a truncated weights file) are refused with their named error
 //     by open_exported, and by swap_weights without changing the output;
 //   - the package and a plain weights file (no manifest) open and run;
+//   - a weights file is unmapped once no constant buffer uses it;
 //   - with --baked, a package compiled with its weights is refused.
 #include <safetensors/export.hpp>
 #include <safetensors/torch.hpp>
@@ -77,6 +78,17 @@ bool bitwise(const at::Tensor &a, const at::Tensor &b) {
 at::Tensor run_one(safetensors::ExportedProgram &prog, const at::Tensor &x) {
   std::vector<at::Tensor> out = prog.run({x});
   return out.at(0);
+}
+
+// How many mappings of path this process has (/proc/self/maps).
+size_t mappings(const std::string &path) {
+  const std::string name = fs::canonical(path).string();
+  std::ifstream in("/proc/self/maps");
+  size_t n = 0;
+  for (std::string line; std::getline(in, line);)
+    if (line.size() > name.size() && line.compare(line.size() - name.size(), name.size(), name) == 0)
+      ++n;
+  return n;
 }
 
 std::string read_text(const fs::path &p) {
@@ -301,6 +313,24 @@ int main(int argc, char **argv) {
                    num(diff));
     prog.swap_weights((dir / "model.safetensors").string());
     report(bitwise(run_one(prog, x), y), "swapping the first weights back gives the first output");
+
+    {
+      // The program owns its weights: a swapped-out file is unmapped at the
+      // swap after next, and everything at the program's end.
+      const std::string w2 = (dir / "weights2.safetensors").string();
+      const size_t model_maps = mappings((dir / "model.safetensors").string());
+      const size_t w2_maps = mappings(w2);  // prog's inactive buffer may hold it
+      {
+        auto other = safetensors::open_exported(dir.string());
+        other.swap_weights(w2);
+        other.swap_weights((dir / "model.safetensors").string());
+        const size_t held = mappings(w2);
+        other.swap_weights((dir / "model.safetensors").string());
+        ok = held == w2_maps + 1 && mappings(w2) == w2_maps;
+      }
+      report(ok && mappings((dir / "model.safetensors").string()) == model_maps,
+             "weights are unmapped once no buffer of the package uses them");
+    }
 
     if (!baked.empty()) {
       std::string what;

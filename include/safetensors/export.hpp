@@ -25,11 +25,9 @@
 //     constants are the weights file's tensors themselves: on the CPU,
 //     copy-on-write views of the file mapping (safetensors::load); on CUDA,
 //     tensors loaded once onto the device. The loader copies nothing. The
-//     tensors live as long as the program uses them.
-//     LibTorch 2.13's AOTInductor runtime keeps its own reference to every
-//     user-managed constant it was given and never drops it, so each weights
-//     file given to a program stays mapped until the process exits (on
-//     CUDA: stays allocated), even after swap_weights or the program's end.
+//     program owns them: a weights file stays mapped (its CUDA tensors
+//     allocated) while the program uses it, and after swap_weights until the
+//     next swap_weights or the program's end.
 //   - Versions. A package runs only under the torch release it was compiled
 //     with (its generated code is tied to that release's runtime ABI): a
 //     manifest naming another release throws kind() torch_version.
@@ -146,10 +144,9 @@ struct ExportOptions {
   // of its own, and the weights file is closed after loading.
   bool user_managed = true;
   // How the weights file is read (safetensors::Backend); pread reads every
-  // tensor into memory of its own.
+  // tensor into memory of its own. (No populate: prefaulting the private
+  // writable mapping would copy every page, the copy user_managed avoids.)
   Backend backend = Backend::mmap;
-  // Prefault the mapping (MAP_POPULATE): every page is read at open.
-  bool populate = false;
   // Models the package runs concurrently (AOTInductor's num_runners).
   size_t num_runners = 1;
 };
