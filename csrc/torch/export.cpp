@@ -345,6 +345,7 @@ struct ExportedProgram::Impl {
   std::unordered_map<std::string, at::Tensor> active, previous;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
   ExportManifest manifest;
+  bool has_manifest = false;
   std::vector<detail::Expected> expected;
   ExportOptions options;
   c10::Device device = c10::Device(c10::kCPU);
@@ -367,6 +368,12 @@ struct ExportedProgram::Impl {
   std::unordered_map<std::string, at::Tensor> read(const std::string &path) const {
     File file(path, options.backend);
     detail::validate(expected, file, path);
+    // A weights file that says which package it fits must say this one.
+    if (std::optional<std::string> record = file.metadata(kManifestKey); record && has_manifest) {
+      const std::string context = path + " metadata \"" + std::string(kManifestKey) + "\"";
+      if (parse_export_manifest(*record, context).constants != manifest.constants)
+        bad_manifest(context, "lists other constants than " + manifest.package + "'s manifest");
+    }
     LoadOptions lo;
     lo.device = device;
     std::unordered_map<std::string, at::Tensor> stored, out;
@@ -433,7 +440,10 @@ ExportedProgram ExportAccess::open(const std::string &package_path,
 
   impl->expected =
       expected_constants(RunnerInternals::constants(*runner, package_path), manifest, context);
-  if (manifest) impl->manifest = *manifest;
+  if (manifest) {
+    impl->manifest = *manifest;
+    impl->has_manifest = true;
+  }
   impl->active = impl->read(weights_path);
   impl->weights_path = weights_path;
   impl->give(impl->active, /*use_inactive=*/false);

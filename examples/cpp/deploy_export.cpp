@@ -11,7 +11,8 @@
 //   - swap_weights(weights2.safetensors) gives io2.safetensors' output;
 //   - broken copies (a missing, an extra, a wrong-shape, a wrong-dtype
 //     constant; another torch version; a manifest that disagrees with the
-//     package; a truncated weights file) are refused with their named error
+//     package; weights whose own manifest record fits another package; a
+//     truncated weights file) are refused with their named error
 //     by open_exported, and by swap_weights without changing the output;
 //   - the package and a plain weights file (no manifest) open and run;
 //   - a weights file is unmapped once no constant buffer uses it;
@@ -199,6 +200,16 @@ void check_errors(const fs::path &dir, safetensors::ExportedProgram &prog, const
                      t.at(first) = t.at(first).to(at::kDouble);
                    }).path});
   {
+    // The weights file's own manifest record fits another package.
+    safetensors::Metadata other = meta;
+    std::string &record = other.at("torch_safetensors.export");
+    record.replace(record.find("\"F32\""), 5, "\"F16\"");
+    BrokenDir d(dir, root, "record", manifest);
+    safetensors::save(d.weights().string(), good, other, {false, safetensors::Aliasing::copy});
+    cases.push_back({"weights for another package", safetensors::ExportErrc::bad_manifest,
+                     d.path});
+  }
+  {
     const std::string torch = "\"" + prog.manifest().torch + "\"";
     std::string edited = manifest;
     edited.replace(edited.find(torch), torch.size(), "\"1.0.0\"");
@@ -221,9 +232,8 @@ void check_errors(const fs::path &dir, safetensors::ExportedProgram &prog, const
     std::string what;
     bool ok = throws_kind([&] { safetensors::open_exported(c.dir.string()); }, c.kind, &what);
     report(ok, "open_exported, " + c.name + ": " + what);
-    if (c.kind == safetensors::ExportErrc::torch_version ||
-        c.kind == safetensors::ExportErrc::bad_manifest)
-      continue;  // same weights file: nothing to swap in
+    if (c.dir.filename() == "version" || c.dir.filename() == "manifest")
+      continue;  // the directory's own weights file: nothing to swap in
     ok = throws_kind([&] { prog.swap_weights((c.dir / "model.safetensors").string()); }, c.kind,
                      &what);
     report(ok && bitwise(run_one(prog, x), y_expected),

@@ -80,7 +80,8 @@ enum class ExportErrc : int {
   // package_constants_in_so=True). status() ST_ERR_UNSUPPORTED.
   weights_baked_in = 6,
   // export.json or the weights' manifest record is missing, is not the
-  // documented JSON, or disagrees with the package (names, dtypes, sizes).
+  // documented JSON, or disagrees with the package (names, dtypes, sizes);
+  // a weights file whose own manifest record lists other constants.
   // status() ST_ERR_HEADER_DESERIALIZATION (ST_ERR_UNSUPPORTED for a format
   // version other than 1, ST_ERR_IO when export.json cannot be read).
   bad_manifest = 7,
@@ -115,6 +116,7 @@ struct ExportedConstant {
   std::vector<int64_t> shape;  // the file's shape
   std::string tensor;          // its tensor in the weights file (tied
                                // constants name the same tensor)
+  bool operator==(const ExportedConstant &) const = default;
 };
 
 // export.json (docs/EXPORT.md), version 1.
