@@ -224,12 +224,15 @@ std::string format_dtype(at::ScalarType t) {
   return d ? std::string(st_dtype_name(*d)) : "(" + std::string(c10::toString(t)) + ")";
 }
 
+// The bytes of a tensor of that dtype and shape; UINT64_MAX when a manifest's
+// shape overflows.
 uint64_t bytes_of(const std::string &dtype, const std::vector<int64_t> &shape) {
   st_dtype d;
   if (st_dtype_from_name(dtype.c_str(), dtype.size(), &d) != ST_OK) return 0;
-  uint64_t n = 1;
-  for (int64_t s : shape) n *= static_cast<uint64_t>(s);
-  return (n * st_dtype_bits(d) + 7) / 8;
+  uint64_t bits = st_dtype_bits(d);
+  for (int64_t s : shape)
+    if (__builtin_mul_overflow(bits, static_cast<uint64_t>(s), &bits)) return UINT64_MAX;
+  return bits / 8 + (bits % 8 != 0);
 }
 
 // Whether a tensor of nbytes is what a package constant of data_size bytes
