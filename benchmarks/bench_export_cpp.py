@@ -114,7 +114,7 @@ def build_program(build: Path) -> Path:
     if not (prefix / "include" / "safetensors" / "export.hpp").exists():
         tc = torch.utils.cmake_prefix_path
         subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build / "lib"), "-G", "Ninja",
-                        "-DCMAKE_BUILD_TYPE=Release", "-DST_WITH_TORCH=ON", "-DST_BUILD_CLI=OFF",
+                        "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DST_WITH_TORCH=ON", "-DST_BUILD_CLI=OFF",
                         "-DST_BUILD_TESTS=OFF", f"-DCMAKE_PREFIX_PATH={tc}",
                         f"-DCMAKE_INSTALL_PREFIX={prefix}"], check=True)
         subprocess.run(["cmake", "--build", str(build / "lib"), "-j", "2"], check=True)

@@ -221,7 +221,12 @@ namespace {
 
 std::string format_dtype(at::ScalarType t) {
   std::optional<st_dtype> d = to_st_dtype(t);
-  return d ? std::string(st_dtype_name(*d)) : "(" + std::string(c10::toString(t)) + ")";
+  if (d) return st_dtype_name(*d);
+  // Appended piecewise: gcc 12 -O3 warns (-Wrestrict, a false positive, GCC
+  // bug 105651) on "literal" + std::string&&.
+  std::string out = "(";
+  out.append(c10::toString(t)).append(")");
+  return out;
 }
 
 // The bytes of a tensor of that dtype and shape; UINT64_MAX when a manifest's
