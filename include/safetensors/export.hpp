@@ -172,7 +172,8 @@ class ST_TORCH_API ExportedProgram {
 
   // The package's constants (FQNs), sorted.
   std::vector<std::string> constant_fqns() const;
-  // The manifest the constants were checked against.
+  // The manifest the constants were checked against (all fields empty for a
+  // package + weights file opened without one).
   const ExportManifest &manifest() const;
   // The weights file now in use.
   const std::string &weights_path() const;
