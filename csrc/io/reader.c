@@ -63,6 +63,14 @@ static void populate_pages(void *p, size_t bytes) {
   if (e > b) (void)madvise((void *)b, e - b, 23 /* MADV_POPULATE_WRITE */);
 }
 
+/* Prefaults a private writable mapping of a file with read faults, which
+ * map the page cache's pages without copying them (MADV_POPULATE_READ,
+ * Linux 5.14). Best effort, like MAP_POPULATE: an older kernel, or a page
+ * that cannot be read (the file shrank), is left to fault when used. */
+static void populate_shared(void *p, size_t bytes) {
+  (void)madvise(p, bytes, 22 /* MADV_POPULATE_READ */);
+}
+
 static st_file *new_handle(const st_open_options *o) {
   st_file *f = st__calloc(o->allocator, 1, sizeof *f);
   if (f == NULL) return NULL;
@@ -139,10 +147,15 @@ static st_status open_fd_owned(int fd, const st_open_options *o, st_file **out, 
       st_close(f);
       return io_fail(err, "file too large to map", EFBIG);
     }
-    int prot = PROT_READ | ((o->flags & ST_OPEN_MAP_PRIVATE_WRITABLE) ? PROT_WRITE : 0);
+    int writable = (o->flags & ST_OPEN_MAP_PRIVATE_WRITABLE) != 0;
+    int populate = (o->flags & ST_OPEN_MAP_POPULATE) != 0;
+    int prot = PROT_READ | (writable ? PROT_WRITE : 0);
     int mflags = MAP_PRIVATE;
 #ifdef MAP_POPULATE
-    if (o->flags & ST_OPEN_MAP_POPULATE) mflags |= MAP_POPULATE;
+    /* Only a read-only mapping takes MAP_POPULATE: Linux populates a
+     * private writable mapping with write faults, a private copy of every
+     * page (measured: +64 MiB of anonymous memory for a 64 MiB file). */
+    if (populate && !writable) mflags |= MAP_POPULATE;
 #endif
     void *m = mmap(NULL, msz, prot, mflags, fd, 0);
     int e = errno;
@@ -151,6 +164,7 @@ static st_status open_fd_owned(int fd, const st_open_options *o, st_file **out, 
       st_close(f);
       return io_fail(err, "mmap failed", e);
     }
+    if (populate && writable) populate_shared(m, msz);
     f->map = m;
     f->map_size = msz;
     f->base = m;

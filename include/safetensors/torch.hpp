@@ -152,7 +152,7 @@ struct LoadOptions {
   std::function<bool(const std::string &)> filter;
   // CPU + mmap: copy into owned memory instead of viewing the mapping.
   bool copy = false;
-  // Prefault the mapping (MAP_POPULATE).
+  // Prefault the mapping: read faults map the page cache's pages, no copy.
   bool populate = false;
   // Honour the structure record and the tied-name metadata that save_file /
   // save_sharded write (docs/RECORD.md): tied names that the file stores once

@@ -326,28 +326,6 @@ TEST(Engine, DirectReadsMatchBufferedReads) {
   std::remove(path.c_str());
 }
 
-// Kilobytes of AnonHugePages in the mapping of /proc/self/smaps that holds addr.
-long huge_kb_at(const void *addr) {
-  FILE *fp = std::fopen("/proc/self/smaps", "r");
-  if (fp == nullptr) return -1;
-  char line[512];
-  bool inside = false;
-  long kb = -1;
-  const auto a = reinterpret_cast<uintptr_t>(addr);
-  while (std::fgets(line, sizeof line, fp) != nullptr) {
-    unsigned long lo, hi;
-    // A mapping's first line is "lo-hi perms ..."; its fields ("Rss:",
-    // "AnonHugePages:") never parse as two hex numbers joined by '-'.
-    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
-      inside = a >= lo && a < hi;
-    } else if (inside && std::sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) {
-      break;
-    }
-  }
-  std::fclose(fp);
-  return kb;
-}
-
 TEST(Engine, HugePagesFlagGivesTheSameBytes) {
   std::vector<Spec> specs = {{"a", {3}}, {"big", {3u << 20}}, {"mid", {700000}}, {"z", {5}}};
   std::string data;
@@ -394,7 +372,7 @@ TEST(Engine, HugePagesFlagGivesTheSameBytes) {
       if (std::fgets(buf, sizeof buf, fp) != nullptr) mode = buf;
       std::fclose(fp);
     }
-    long kb = huge_kb_at(dst + (4u << 20));
+    long kb = sttest::smaps_kb(dst + (4u << 20), "AnonHugePages:");
     if (!mode.empty() && mode.back() == '\n') mode.pop_back();
     std::printf("[ info ] THP mode \"%s\": AnonHugePages of the destination: %ld kB\n",
                 mode.c_str(), kb);

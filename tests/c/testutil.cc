@@ -1,7 +1,9 @@
 #include "testutil.h"
 
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <algorithm>
@@ -89,6 +91,29 @@ static void fa_free(void *ctx, void *ptr) {
   auto *fa = static_cast<FailingAllocator *>(ctx);
   if (ptr != nullptr) fa->live--;
   std::free(ptr);
+}
+
+long smaps_kb(const void *addr, const char *field) {
+  FILE *fp = std::fopen("/proc/self/smaps", "r");
+  if (fp == nullptr) return -1;
+  char line[512];
+  bool inside = false;
+  long kb = -1;
+  const auto a = reinterpret_cast<uintptr_t>(addr);
+  const size_t n = std::strlen(field);
+  while (std::fgets(line, sizeof line, fp) != nullptr) {
+    unsigned long lo, hi;
+    // A mapping's first line is "lo-hi perms ..."; its fields ("Rss:",
+    // "AnonHugePages:") never parse as two hex numbers joined by '-'.
+    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
+      inside = a >= lo && a < hi;
+    } else if (inside && std::strncmp(line, field, n) == 0) {
+      kb = std::strtol(line + n, nullptr, 10);
+      break;
+    }
+  }
+  std::fclose(fp);
+  return kb;
 }
 
 FailingAllocator::FailingAllocator() {

@@ -30,6 +30,10 @@ std::string fresh_dir(const std::string &stem = "dir");
 // The names in dir, sorted, without "." and "..".
 std::vector<std::string> list_dir(const std::string &dir);
 
+// Kilobytes of one field ("Rss:", "Anonymous:", "AnonHugePages:") of the
+// mapping of /proc/self/smaps that holds addr; -1 when not found.
+long smaps_kb(const void *addr, const char *field);
+
 // An st_allocator that fails the fail_at-th call (1-based; 0 = never) and
 // counts live blocks, so a test can assert no leak after a failure.
 struct FailingAllocator {
