@@ -90,13 +90,13 @@ class Walker {
     } else if (type == "dtype") {
       size_t v = doc_.find(k, "v");
       if (v == Json::npos || !doc_.is_string(v) || !dtype_known(doc_.string(v)))
-        refuse("unknown dtype" + (v != Json::npos ? " " + std::string(doc_.raw(v)) : ""));
+        refuse(with_raw("unknown dtype", v));
     } else if (type == "device") {
       device(doc_.find(k, "v"), true);
     } else if (type == "tensor") {
       tensor(k, path, root, named);
     } else {
-      refuse("unknown node type" + (t != Json::npos ? " " + std::string(doc_.raw(t)) : ""));
+      refuse(with_raw("unknown node type", t));
     }
   }
 
@@ -109,11 +109,20 @@ class Walker {
     return st_tensor_find(file_, name.data(), name.size(), index) == ST_OK;
   }
 
+  // what, then a space and the token's JSON text when there is a token.
+  // Appended, never "literal" + std::string&&, which gcc 12 at -O3 reports
+  // as a false -Wrestrict (an error with -Werror).
+  std::string with_raw(const char *what, size_t tok) const {
+    std::string s = what;
+    if (tok != Json::npos) s.append(" ").append(std::string(doc_.raw(tok)));
+    return s;
+  }
+
   // v: the token of a device string, or npos (absent: cpu when optional).
   void device(size_t v, bool required) const {
     if (v == Json::npos && !required) return;
     if (v == Json::npos || !doc_.is_string(v) || !device_parses(doc_.string(v)))
-      refuse("bad device" + (v != Json::npos ? " " + std::string(doc_.raw(v)) : ""));
+      refuse(with_raw("bad device", v));
   }
 
   void mapping(size_t k, bool ordered, const std::string &path, bool named) {
