@@ -109,17 +109,20 @@ def build_program(build: Path) -> Path:
     prefix = build / "install"
     exe = build / "bench_export"
     src = HERE / "cpp" / "bench_export.cpp"
-    if exe.exists() and exe.stat().st_mtime > src.stat().st_mtime:
-        return exe
-    if not (prefix / "include" / "safetensors" / "export.hpp").exists():
+    if not (build / "lib" / "build.ninja").exists():
         tc = torch.utils.cmake_prefix_path
         subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build / "lib"), "-G", "Ninja",
                         "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DST_WITH_TORCH=ON", "-DST_BUILD_CLI=OFF",
                         "-DST_BUILD_TESTS=OFF", f"-DCMAKE_PREFIX_PATH={tc}",
                         f"-DCMAKE_INSTALL_PREFIX={prefix}"], check=True)
-        subprocess.run(["cmake", "--build", str(build / "lib"), "-j", "2"], check=True)
-        subprocess.run(["cmake", "--install", str(build / "lib")], check=True,
-                       stdout=subprocess.DEVNULL)
+    # Always: an incremental build, so the numbers are this checkout's.
+    subprocess.run(["cmake", "--build", str(build / "lib"), "-j", "2"], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--install", str(build / "lib")], check=True,
+                   stdout=subprocess.DEVNULL)
+    newest = max(src.stat().st_mtime, *(p.stat().st_mtime for p in (prefix / "lib").glob("libsafetensors*")))
+    if exe.exists() and exe.stat().st_mtime > newest:
+        return exe
     subprocess.run(["c++", "-std=c++20", "-O2", "-D_GLIBCXX_USE_CXX11_ABI=1",
                     f"-I{prefix}/include", f"-I{torch_dir}/include",
                     f"-I{torch_dir}/include/torch/csrc/api/include", str(src), "-o", str(exe),
