@@ -10,6 +10,10 @@
 #                      Hugging Face and FileSystem storage (bench_dcp.py, issue 11; ~10 min)
 #   make bench-patch   transformers' from_pretrained with and without patch_safetensors()
 #                      (bench_patch.py, issue 14)
+#   make bench-export  a GPT-2-small-sized exported program (torch.export + AOTInductor, issue 15):
+#                      weights from safetensors against weights baked in, from Python
+#                      (bench_export.py) and C++ (bench_export_cpp.py); first run compiles
+#                      the packages (~2 min, cached in build-bench-export)
 #   make bench-quick   smoke run of the same harnesses at tiny sizes: no RESULTS.md rewrite, no
 #                      speed assertions (make test runs it)
 #   make bench-venv    only install the contenders into .venv (never touching torch)
@@ -24,7 +28,7 @@ BENCH_PY_ARGS ?= --runs 3
 BENCH_ENV = ST_LIBRARY=$(CURDIR)/$(BUILD)/libsafetensors.so \
             ST_BENCH=$(CURDIR)/$(BUILD)/benchmarks/st_bench
 
-.PHONY: bench bench-quick bench-venv bench-parallel bench-dcp bench-patch
+.PHONY: bench bench-quick bench-venv bench-parallel bench-dcp bench-patch bench-export
 
 $(VENV)/.bench-stamp: $(VENV)/.stamp requirements/bench.txt requirements/bench-deps.txt
 	@if $(VPY) -m pip install -q --disable-pip-version-check -r requirements/bench-deps.txt && \
@@ -48,6 +52,10 @@ bench-dcp: build venv python-install bench-venv
 
 bench-patch: build venv python-install bench-venv
 	$(BENCH_ENV) $(VPY) benchmarks/bench_patch.py
+
+bench-export: build venv python-install
+	$(BENCH_ENV) $(VPY) benchmarks/bench_export.py
+	$(BENCH_ENV) $(VPY) benchmarks/bench_export_cpp.py
 
 bench-quick: build venv python-install bench-venv
 	$(BENCH_ENV) $(VPY) benchmarks/bench_cpu.py --quick --quiet > $(BUILD)/bench-quick.log \
