@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -642,6 +643,19 @@ def save_weights(tensors: Union[Mapping[str, torch.Tensor], torch.nn.Module],
 # Loading and running
 # --------------------------------------------------------------------------
 
+def _unowned_view(t: torch.Tensor) -> torch.Tensor:
+    """A tensor over t's bytes that does not keep them alive. AOTInductor
+    (torch 2.13) takes a reference to every user-managed constant and never
+    drops it, so a tensor handed over as it is would keep its weights file
+    mapped until the process ends, one more file per swap. The package gets
+    these views; the ExportedModel holds the owners."""
+    nbytes = t.numel() * t.element_size()
+    if nbytes == 0 or t.device.type != "cpu":
+        return t
+    raw = (ctypes.c_char * nbytes).from_address(t.data_ptr())
+    return torch.frombuffer(raw, dtype=torch.uint8).view(t.dtype).view(t.shape)
+
+
 class ExportedModel:
     """A loaded export directory: call it like the module it came from.
 
@@ -651,7 +665,10 @@ class ExportedModel:
     file on the CPU (copy-on-write, so a buffer the program updates never
     reaches the file), copies on another device; the package uses them in
     place (AOTInductor's ``user_managed`` constants) and this object keeps
-    them alive.
+    them alive: ``runner`` is valid only as long as this object. A weights
+    file swapped out is unmapped at the next swap, and the current one when
+    this object goes (on the CPU; on another device torch 2.13 keeps every
+    set of constants the package was given until the process ends).
 
     Example::
 
@@ -667,7 +684,10 @@ class ExportedModel:
         self.runner = runner
         self.device = device
         self.constant_fqns: List[str] = sorted(manifest["constants"])
+        # (tensors, file) now in use, and the set it replaced: kept one
+        # swap longer, in case a run in another thread still reads it.
         self._held: Tuple[Dict[str, torch.Tensor], Any] = ({}, None)
+        self._replaced: Tuple[Dict[str, torch.Tensor], Any] = ({}, None)
 
     def _install(self, path: str,
                  opened: Optional[Tuple[Dict[str, torch.Tensor], Any]] = None
@@ -675,11 +695,12 @@ class ExportedModel:
         tensors, f = opened or _open_weights(path, self.manifest)
         if not _io.is_cpu(self.device):
             tensors = {n: t.to(self.device) for n, t in tensors.items()}
-        cmap = {fqn: tensors[c["tensor"]]
+        cmap = {fqn: _unowned_view(tensors[c["tensor"]])
                 for fqn, c in self.manifest["constants"].items()}
         self.runner.load_constants(cmap, check_full_update=True,
                                    user_managed=True)
-        self._held = (tensors, f)  # the old constants go only now
+        # the old constants go only now, and their file one swap later
+        self._replaced, self._held = self._held, (tensors, f)
 
     def swap_weights(self, path: PathLike) -> None:
         """Runs the package with the weights of another file from now on

@@ -11,6 +11,7 @@ compiled kernels fuse and reorder sums; measured differences are below
 4e-6); the bf16 layer of the tied model within atol=rtol=1e-2.
 """
 
+import gc
 import json
 import os
 import shutil
@@ -104,6 +105,34 @@ def test_swap_weights_gives_eager_with_those_weights(name):
     torch.testing.assert_close(m(io["input"]), ref, **F32)
     m.swap_weights(os.path.join(d, "model.safetensors"))
     torch.testing.assert_close(m(io["input"]), io["output"], **F32)
+
+
+def test_swapped_out_weights_are_unmapped(tmp_path):
+    """torch 2.13's AOTInductor never drops its reference to a user-managed
+    constant: handed the file's own views, every file ever swapped in would
+    stay mapped. At most the current and the one it replaced are."""
+    d = exported("mlp")
+    io = _io(d)
+    copies = []
+    for i in range(4):
+        p = str(tmp_path / f"w{i}.safetensors")
+        shutil.copy(os.path.join(d, "model.safetensors"), p)
+        copies.append(p)
+
+    def mapped():
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            return {p for line in fh for p in copies
+                    if line.rstrip().endswith(p)}
+
+    m = export.load(d)
+    for i, p in enumerate(copies):
+        m.swap_weights(p)
+        torch.testing.assert_close(m(io["input"]), io["output"], **F32)
+        gc.collect()
+        assert mapped() == set(copies[max(0, i - 1):i + 1])
+    del m
+    gc.collect()
+    assert mapped() == set()
 
 
 def test_tied_and_lifted_constants():
