@@ -13,7 +13,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 EXAMPLES = os.path.join(ROOT, "examples", "python")
-SCRIPTS = ["tp_load.py", "dcp_save_load.py", "cooperative_load.py"]
+SCRIPTS = ["tp_load.py", "dcp_save_load.py", "cooperative_load.py",
+           "export_program.py"]
 
 
 def test_every_example_is_listed():
