@@ -692,6 +692,61 @@ ST_API st_status st_plan_execute(const st_plan *plan,
 ST_API int st_sniff(const void *head, size_t len, uint64_t file_size,
                     const char **what);
 
+/* ==========================================================================
+ * Dequantization -- EXPERIMENTAL (ST_EXPERIMENTAL_API): the kernels that turn
+ * a quantized group (docs/QUANT.md) into a dense row-major BF16, F16 or F32
+ * matrix. Pure compute over caller memory: no I/O, no allocation, no
+ * threads; callers split the rows across their own threads (the Python
+ * binding does, with the GIL released). Every product is computed in float
+ * and rounded once (to nearest even) to the output dtype.
+ * ========================================================================== */
+
+/* Element encodings, for st_dequant.element. */
+#define ST_QUANT_INT_PACKED 1u /* each row: little-endian int32 words, value j
+                                  at bit j*bits, LSB first (straddling words
+                                  for 3, 5, 6, 7 bits), stored as
+                                  q + 2^(bits-1); bits 1..8 (compressed-
+                                  tensors pack-quantized) */
+#define ST_QUANT_FP8_E4M3 2u   /* one byte per value, float8_e4m3fn */
+#define ST_QUANT_FP8_E5M2 3u   /* one byte per value, float8_e5m2 */
+#define ST_QUANT_FP4_E2M1 4u   /* two values per byte, the even one in the
+                                  low nibble (cols must be even) */
+
+typedef struct st_dequant {
+  size_t struct_size;       /* sizeof(st_dequant), set by st_dequant_init;
+                               any other value is refused */
+  uint32_t element;         /* ST_QUANT_* */
+  uint32_t bits;            /* ST_QUANT_INT_PACKED: 1..8; otherwise 0 */
+  st_dtype out_dtype;       /* ST_BF16, ST_F16 or ST_F32 */
+  uint32_t flags;           /* zero (else refused) */
+  uint64_t rows, cols;      /* the dense result's shape */
+  uint64_t scale_rows;      /* rows that share a scale (1: per row) */
+  uint64_t scale_cols;      /* columns that share a scale (a group, a block
+                               width, or cols) */
+  const void *q;            /* the quantized values, rows one after the
+                               other (borrowed for the call) */
+  size_t q_size;            /* bytes at q; must hold every row */
+  const float *scale;       /* [ceil(rows / scale_rows)][ceil(cols /
+                               scale_cols)] (borrowed): w = (q - zero) *
+                               scale */
+  size_t scale_count;       /* floats at scale; must be exactly that many */
+  const float *zero;        /* NULL, or like scale: subtracted first */
+  size_t zero_count;        /* floats at zero (0 when zero is NULL) */
+  uint64_t reserved[8];     /* zero (else refused) */
+} st_dequant;
+
+/** Fills d with the defaults: every field zero, struct_size set. */
+ST_API void st_dequant_init(st_dequant *d);
+
+/** Writes rows [row_begin, row_end) of the dense result into dst (capacity
+ *  dst_size bytes, (row_end - row_begin) * cols elements of out_dtype).
+ *  Thread-safe: calls on disjoint row ranges may run at once. Statuses:
+ *  ST_ERR_INVALID_ARGUMENT (a field out of range, sizes that disagree, a
+ *  row range outside rows), ST_ERR_BUFFER_TOO_SMALL (dst_size). */
+ST_API st_status st_dequantize(const st_dequant *d, uint64_t row_begin,
+                               uint64_t row_end, void *dst, size_t dst_size,
+                               st_error *err);
+
 #endif /* ST_EXPERIMENTAL_API */
 
 #ifdef __cplusplus

@@ -1949,6 +1949,7 @@ static struct PyModuleDef module_def = {
     module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__C(void);
+int st_py_quant_register(PyObject *module); /* quant.c */
 
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject *m, *dict;
@@ -1990,7 +1991,8 @@ PyMODINIT_FUNC PyInit__C(void) {
       PyModule_AddStringConstant(m, "VERSION", st_version_string()) < 0 ||
       PyModule_AddIntConstant(m, "EXEC_NO_PREFAULT", ST_EXEC_NO_PREFAULT) < 0 ||
       PyModule_AddIntConstant(m, "EXEC_DIRECT", ST_EXEC_DIRECT) < 0 ||
-      PyModule_AddIntConstant(m, "EXEC_HUGEPAGES", ST_EXEC_HUGEPAGES) < 0)
+      PyModule_AddIntConstant(m, "EXEC_HUGEPAGES", ST_EXEC_HUGEPAGES) < 0 ||
+      st_py_quant_register(m) < 0)
     goto fail;
   {
     int k;

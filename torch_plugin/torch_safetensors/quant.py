@@ -31,7 +31,7 @@ from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
 
 import torch
 
-from . import _dtypes
+from . import _C, _dtypes
 from .errors import (ST_ERR_HEADER_DESERIALIZATION, ST_ERR_INVALID_ARGUMENT,
                      ST_ERR_UNSUPPORTED, SafetensorQuantAmbiguousError,
                      SafetensorQuantDescriptorError, SafetensorQuantError,
@@ -452,7 +452,10 @@ def _infer_packed(m: str, infos: Mapping[str, Info], cfg: Mapping[str, Any],
     if m + ".weight_zero_point" in infos:
         comps["zero_point"] = m + ".weight_zero_point"
         zp = "signed-packed-dim0"
-    pcols = _shape(infos, m + ".weight_packed")[-1]
+    pshape = _shape(infos, m + ".weight_packed")
+    if len(pshape) != 2:
+        raise _layout(name, f"weight_packed must be 2-D, not {list(pshape)}")
+    pcols = pshape[-1]
     if args.get("num_bits"):
         bits = int(args["num_bits"])
     else:
@@ -639,7 +642,10 @@ def _infer_gptq_awq(m: str, infos: Mapping[str, Info], cfg: Mapping[str, Any],
     bits = int(cfg.get("bits", 0) or 0)
     if m + ".g_idx" in infos:
         comps["g_idx"] = m + ".g_idx"
-        inn = _shape(infos, m + ".g_idx")[0]
+        gshape = _shape(infos, m + ".g_idx")
+        if len(gshape) != 1:
+            raise _layout(name, f"g_idx must be 1-D, not {list(gshape)}")
+        inn = gshape[0]
     elif bits:
         inn = qshape[0] * 32 // bits
     else:
@@ -940,16 +946,136 @@ def dequantize_group(g: Group, fetch: Callable[[str], torch.Tensor],
     """The dense tensor of group g (already validated by :func:`describe`)
     in dtype. fetch reads one component by tensor name."""
     check_output_dtype(dtype)
+    if math.prod(g.shape) == 0:
+        return torch.empty(g.shape, dtype=dtype)
     c = {role: fetch(t) for role, t in g.components.items()}
-    return _DEQUANT[g.method](g, c).to(dtype)
+    out = _kernel(g, c, dtype)
+    if out is None:
+        out = _DEQUANT[g.method](g, c).to(dtype)
+    return out
 
 
-def _dq_pack(g: Group, c: Dict[str, torch.Tensor]) -> torch.Tensor:
-    out, inn = g.shape
+# -- the C kernels (st_dequantize), for the layouts they cover -------------
+
+#: False: every group through the torch operations above (tests compare).
+USE_KERNELS = True
+#: Below this many values one call; above, the rows split across threads.
+_SPLIT_MIN = 1 << 20
+_POOL: List[Any] = []
+
+_FP8_ELEMENTS = {torch.float8_e4m3fn: "QUANT_FP8_E4M3",
+                 torch.float8_e5m2: "QUANT_FP8_E5M2"}
+_OUT = {torch.bfloat16: (14, torch.int16), torch.float16: (13, torch.int16),
+        torch.float32: (17, torch.float32)}  # st_dtype ST_BF16, ST_F16, ST_F32
+
+
+def _kernel_args(g: Group, c: Dict[str, torch.Tensor]) -> Optional[
+        Tuple[str, int, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+    """(element, bits, q, float32 scale, float32 zero or None) for
+    st_dequantize, or None when the group is not one it covers."""
+    m = g.method
+    if m == "compressed-tensors/pack-quantized":
+        _check_shape_values(g, c)
+        zero = None
+        if "zero_point" in c:
+            out = g.shape[0]
+            off = 1 << (g.bits - 1)
+            zt = _bitstream(c["zero_point"].t(), g.bits, out)
+            zero = (zt.t() - off).to(torch.float32)
+        return ("QUANT_INT_PACKED", g.bits, c["packed"],
+                c["scale"].to(torch.float32), zero)
+    if m == "compressed-tensors/naive-quantized":
+        el = _FP8_ELEMENTS.get(c["weight"].dtype)
+        if el is None:
+            return None
+        zero = c["zero_point"].to(torch.float32) if "zero_point" in c \
+            else None
+        return (el, 0, c["weight"], _float_scale(c["scale"], g.scale_encoding),
+                zero)
+    if m == "fp8-block-scale-inv":
+        el = _FP8_ELEMENTS.get(c["weight"].dtype)
+        if el is None:
+            return None
+        return (el, 0, c["weight"],
+                _float_scale(c["scale_inv"], g.scale_encoding), None)
+    if m == "compressed-tensors/nvfp4-pack-quantized":
+        s = c["scale"].to(torch.float32) / c["global_scale"].to(
+            torch.float32).reshape(())
+        return ("QUANT_FP4_E2M1", 0, c["packed"], s, None)
+    if m == "compressed-tensors/mxfp4-pack-quantized":
+        return ("QUANT_FP4_E2M1", 0, c["packed"],
+                _float_scale(c["scale"], "e8m0"), None)
+    if m == "modelopt/nvfp4":
+        s = c["scale"].to(torch.float32) * c["scale_2"].to(
+            torch.float32).reshape(())
+        return ("QUANT_FP4_E2M1", 0, c["weight"], s, None)
+    if m == "gpt-oss/mxfp4":
+        return ("QUANT_FP4_E2M1", 0, c["blocks"],
+                _float_scale(c["scales"], "e8m0"), None)
+    return None
+
+
+def _kernel(g: Group, c: Dict[str, torch.Tensor], dtype: torch.dtype
+            ) -> Optional[torch.Tensor]:
+    """The group through the C kernel (rows split across threads, the GIL
+    released), or None where the torch path must do it."""
+    if not USE_KERNELS or not hasattr(_C, "dequantize") or \
+            any(t.device.type != "cpu" for t in c.values()):
+        return None
+    args = _kernel_args(g, c)
+    if args is None:
+        return None
+    element, bits, q, scale, zero = args
+    if g.method == "gpt-oss/mxfp4":  # rows of [..., out, in], transposed after
+        *lead, cols, last = g.shape
+        out_rows = math.prod(lead) * last
+    else:
+        out_rows, cols = g.shape
+    srows, scols = {"tensor": (out_rows, cols), "channel": (1, cols),
+                    "group": (1, g.group_size or cols),
+                    "block": g.block or (1, cols)}[g.strategy]
+    code, store = _OUT[dtype]
+    dst = torch.empty((out_rows, cols), dtype=store)
+    qb = q.contiguous().view(torch.uint8).numpy()
+    sb = scale.contiguous().numpy()
+    zb = zero.contiguous().numpy() if zero is not None else None
+    db = dst.numpy()
+    el = getattr(_C, element)
+
+    def run(r0: int, r1: int) -> None:
+        _C.dequantize(el, bits, code, out_rows, cols, srows, scols, qb, sb,
+                      zb, r0, r1, db[r0:r1])
+
+    nthreads = os.cpu_count() or 1
+    if out_rows * cols < _SPLIT_MIN or nthreads < 2 or out_rows < 2:
+        run(0, out_rows)
+    else:
+        if not _POOL:
+            from concurrent.futures import ThreadPoolExecutor
+            _POOL.append(ThreadPoolExecutor(nthreads,
+                                            thread_name_prefix="st-dequant"))
+        step = -(-out_rows // nthreads)
+        futs = [_POOL[0].submit(run, r, min(r + step, out_rows))
+                for r in range(0, out_rows, step)]
+        for f in futs:
+            f.result()
+    dst = dst if store == dtype else dst.view(dtype)
+    if g.method == "gpt-oss/mxfp4":
+        *lead, inn, last = g.shape
+        dst = dst.reshape(*lead, last, inn).transpose(-1, -2).contiguous()
+    return dst
+
+
+def _check_shape_values(g: Group, c: Dict[str, torch.Tensor]) -> None:
     stored = tuple(int(x) for x in c["shape"].tolist())
     if stored != g.shape:
         raise _layout(g.name, f"weight_shape holds {list(stored)}, not "
                               f"{list(g.shape)}")
+
+
+def _dq_pack(g: Group, c: Dict[str, torch.Tensor]) -> torch.Tensor:
+    out, inn = g.shape
+    _check_shape_values(g, c)
     off = 1 << (g.bits - 1)
     q = (_bitstream(c["packed"], g.bits, inn) - off).to(torch.float32)
     zero = None

@@ -4,6 +4,7 @@ naming the group, raised before any arithmetic, never a crash or an out-of-bound
 The files are written by the reference safetensors; the descriptor by hand."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -242,3 +243,72 @@ def test_random_component_bytes_never_crash(tmp_path):
             torch.bfloat16)
     path = write(tmp_path, t, {"m.weight": descriptor()})
     assert load_file(path, dequantize=torch.float32)["m.weight"].shape == (16, 256)
+
+
+# -- mutated groups (shared/ROBUSTNESS.md "Quantized groups"): any shape, dtype or missing
+# component of a valid group of each kind is either dequantized or refused with a
+# SafetensorQuantError; nothing else escapes, nothing crashes.
+
+_DTYPES = [torch.int32, torch.int64, torch.uint8, torch.int8, torch.float16,
+           torch.bfloat16, torch.float32, torch.float8_e4m3fn]
+
+
+def _groups():
+    gptq = {"m.qweight": torch.zeros(32, 64, dtype=torch.int32),
+            "m.qzeros": torch.zeros(2, 8, dtype=torch.int32),
+            "m.scales": torch.ones(2, 64, dtype=torch.float16),
+            "m.g_idx": torch.zeros(256, dtype=torch.int32)}
+    awq = {"m.qweight": torch.zeros(256, 8, dtype=torch.int32),
+           "m.qzeros": torch.zeros(2, 8, dtype=torch.int32),
+           "m.scales": torch.ones(2, 64, dtype=torch.float16)}
+    fp8 = {"m.weight": torch.zeros(256, 256, dtype=torch.float8_e4m3fn),
+           "m.weight_scale_inv": torch.ones(2, 2)}
+    nvfp4 = {"m.weight_packed": torch.zeros(16, 32, dtype=torch.uint8),
+             "m.weight_scale": torch.ones(16, 4).to(torch.float8_e4m3fn),
+             "m.weight_global_scale": torch.ones(1)}
+    gpt_oss = {"e.w_blocks": torch.zeros(2, 8, 2, 16, dtype=torch.uint8),
+               "e.w_scales": torch.full((2, 8, 2), 127, dtype=torch.uint8)}
+    return {"w4": (w4_group(), None), "gptq": (gptq, {"quant_method": "gptq", "bits": 4,
+                                                      "group_size": 128}),
+            "awq": (awq, {"quant_method": "awq", "bits": 4, "group_size": 128}),
+            "fp8": (fp8, None), "nvfp4": (nvfp4, None), "gpt-oss": (gpt_oss, None)}
+
+
+def _mutated(tensors, name, kind, dims, dtype):
+    t = dict(tensors)
+    if kind == "drop":
+        del t[name]
+    elif kind == "shape":
+        t[name] = torch.zeros(dims, dtype=t[name].dtype)
+    else:
+        t[name] = torch.zeros(t[name].shape, dtype=dtype)
+    return t
+
+
+def test_mutated_groups_are_dequantized_or_refused(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    groups = _groups()
+
+    @settings(max_examples=1000, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(sorted(groups)), st.integers(0, 10), st.sampled_from(
+        ["drop", "shape", "dtype"]), st.lists(st.sampled_from(
+            [0, 1, 2, 3, 7, 8, 16, 31, 32, 64, 128, 256]), max_size=4).filter(
+            lambda d: math.prod(d) <= 1 << 18),
+        st.sampled_from(_DTYPES))
+    def check(which, k, kind, dims, dtype):
+        tensors, config = groups[which]
+        name = sorted(tensors)[k % len(tensors)]
+        path = write(tmp_path, _mutated(tensors, name, kind, dims, dtype), config=config)
+        if config is None and os.path.exists(tmp_path / "config.json"):
+            os.remove(tmp_path / "config.json")
+        try:
+            out = load_file(path, dequantize=torch.float32)
+        except SafetensorQuantError:
+            return
+        for v in out.values():
+            assert isinstance(v, torch.Tensor)
+
+    check()
