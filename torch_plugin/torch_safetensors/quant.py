@@ -1261,6 +1261,12 @@ SCHEMES: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "FP8_BLOCK": ("float-quantized", {"num_bits": 8, "type": "float",
                                       "strategy": "block",
                                       "block_structure": [128, 128]}),
+    "NVFP4A16": ("nvfp4-pack-quantized", {
+        "num_bits": 4, "type": "float", "strategy": "tensor_group",
+        "group_size": 16, "scale_dtype": "torch.float8_e4m3fn"}),
+    "MXFP4A16": ("mxfp4-pack-quantized", {
+        "num_bits": 4, "type": "float", "strategy": "group", "group_size": 32,
+        "scale_dtype": "torch.uint8"}),
 }
 
 _DEFAULT_IGNORE = ("lm_head", "re:.*embed.*")
@@ -1286,7 +1292,7 @@ def _parse_spec(spec: Any) -> Tuple[str, Dict[str, Any], Tuple[str, ...]]:
     args = dict(args)
     if "group_size" in opts:
         gs = opts.pop("group_size")
-        if args["strategy"] != "group" or not isinstance(gs, int) or \
+        if args["strategy"] != "group" or args["type"] != "int" or not isinstance(gs, int) or \
                 isinstance(gs, bool) or gs <= 0:
             raise _refuse(f"quantize: group_size {gs!r} for scheme {spec}")
         args["group_size"] = gs
@@ -1372,6 +1378,42 @@ def _quantize_fp8(w: torch.Tensor, args: Dict[str, Any]
     return {"weight": q, "weight_scale": s}
 
 
+def _fp4_codes(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest E2M1 value (ties to the even code), clamping to
+    +-6; the 4-bit codes as uint8."""
+    a = x.abs()
+    mag = ((a > 0.25).to(torch.uint8) + (a >= 0.75) + (a > 1.25) +
+           (a >= 1.75) + (a > 2.5) + (a >= 3.5) + (a > 5.0))
+    return mag | ((x < 0).to(torch.uint8) << 3)
+
+
+def _pack_fp4(codes: torch.Tensor) -> torch.Tensor:
+    """[out, in] codes -> U8 [out, in / 2], the even element low."""
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)
+
+
+def _quantize_fp4(w: torch.Tensor, args: Dict[str, Any]
+                  ) -> Dict[str, torch.Tensor]:
+    out, inn = w.shape
+    gs = args["group_size"]
+    v = w.to(torch.float32).reshape(out, inn // gs, gs)
+    amax = v.abs().amax(-1)
+    if args["strategy"] == "group":  # MXFP4: 2^(floor(log2 amax) - 2)
+        e = torch.where(amax > 0, torch.floor(torch.log2(amax)) - 2,
+                        torch.full_like(amax, -127.0)).clamp(-127, 127)
+        codes = _fp4_codes(v / torch.exp2(e).unsqueeze(-1))
+        return {"weight_packed": _pack_fp4(codes.reshape(out, inn)),
+                "weight_scale": (e + 127).to(torch.uint8)}
+    tmax = amax.max() if amax.numel() else torch.zeros(())
+    g = torch.where(tmax > 0, _FP8_MAX * 6.0 / tmax, torch.ones_like(tmax))
+    s = (amax / 6.0 * g).clamp(max=_FP8_MAX).to(torch.float8_e4m3fn)
+    eff = (s.to(torch.float32) / g).unsqueeze(-1)
+    x = torch.where(eff > 0, v / torch.where(eff > 0, eff, 1.0), 0.0)
+    return {"weight_packed": _pack_fp4(_fp4_codes(x).reshape(out, inn)),
+            "weight_scale": s,
+            "weight_global_scale": g.reshape(1).to(torch.float32)}
+
+
 def quantize_state_dict(tensors: Mapping[str, torch.Tensor], spec: Any,
                         metadata: Optional[Mapping[str, str]] = None
                         ) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
@@ -1399,12 +1441,12 @@ def quantize_state_dict(tensors: Mapping[str, torch.Tensor], spec: Any,
             out[name] = t
             continue
         w = t.detach().to("cpu")
-        if args["strategy"] == "group" and w.shape[1] % args["group_size"]:
+        if args.get("group_size") and w.shape[1] % args["group_size"]:
             raise _refuse(f"quantize: {name} has {w.shape[1]} columns, not a "
                           f"multiple of the group size {args['group_size']}; "
                           f"add it to ignore", name)
-        parts = (_quantize_int if args["type"] == "int" else _quantize_fp8)(
-            w, args)
+        parts = (_quantize_int if args["type"] == "int" else _quantize_fp4
+                 if args["num_bits"] == 4 else _quantize_fp8)(w, args)
         comps = {}
         for local, v in parts.items():
             full = f"{module}.{local}"
@@ -1412,13 +1454,16 @@ def quantize_state_dict(tensors: Mapping[str, torch.Tensor], spec: Any,
                 raise _refuse(f"quantize: {full} already exists", full)
             out[full] = v
             role = {"weight_packed": "packed", "weight_scale": "scale",
-                    "weight_shape": "shape", "weight": "weight"}[local]
+                    "weight_shape": "shape", "weight": "weight",
+                    "weight_global_scale": "global_scale"}[local]
             comps[role] = full
         groups.append(Group(
-            name, "compressed-tensors/pack-quantized" if fmt ==
-            "pack-quantized" else "compressed-tensors/naive-quantized",
+            name, "compressed-tensors/" + (
+                fmt if fmt.endswith("pack-quantized") else "naive-quantized"),
             comps, tuple(w.shape), bits=args["num_bits"],
-            strategy=args["strategy"], group_size=args.get("group_size"),
+            strategy="group" if args["strategy"] == "tensor_group"
+            else args["strategy"], group_size=args.get("group_size"),
+            scale_encoding="e8m0" if fmt.startswith("mxfp4") else "float",
             block=tuple(args["block_structure"])
             if "block_structure" in args else None,
             dtype=_dtypes.st_name(w.dtype)))

@@ -869,7 +869,7 @@ def save_file(tensors: Dict[str, torch.Tensor], filename: PathLike,
 
     ``quantize`` (an extension of this package): a scheme (``"W4A16"``,
     ``"W8A16"``, ``"W8A16_CHANNEL"``, ``"FP8"``, ``"FP8_CHANNEL"``,
-    ``"FP8_BLOCK"``) or ``{"scheme": ..., "group_size": g, "ignore":
+    ``"FP8_BLOCK"``, ``"NVFP4A16"``, ``"MXFP4A16"``) or ``{"scheme": ..., "group_size": g, "ignore":
     [...]}``: every 2-D floating ``*.weight`` (but ``lm_head`` and
     embeddings, by default) is quantized to nearest and stored in the
     compressed-tensors layout, with its quantization_config and our
