@@ -174,3 +174,15 @@ def test_sharded_load_with_a_group_across_shards(tmp_path):
     assert set(ours) == set(ref)
     for k in ref:
         assert torch.equal(ours[k], ref[k]), k
+
+
+def test_torch_load_returns_what_is_stored(ckpt):
+    """torch.load of a quantized file (through this package's hook) keeps the
+    components as stored: dequantizing is only ever asked for."""
+    d, path, originals, ref = ckpt
+    stored = safetensors.torch.load_file(path)
+    got = torch.load(path)
+    assert sorted(got) == sorted(stored)
+    for k in stored:
+        assert got[k].dtype == stored[k].dtype and torch.equal(
+            got[k].view(torch.uint8), stored[k].view(torch.uint8)), k
