@@ -64,6 +64,7 @@ _SIGNED_DENSE = "int32-lsb-dense-rows"     # compressed-tensors pack_to_int32
 _FP4_LOW_FIRST = "u8-low-nibble-even"      # element 2k in bits 0-3 of byte k
 _GPTQ_PACK = "int32-lsb-dense-columns"     # along the input dim (dim 0)
 _AWQ_PACK = "int32-awq-02461357"           # nibble k holds column ORDER[k]
+_BNB_PACK = "u8-high-nibble-even"          # element 2k in bits 4-7 of byte k
 
 #: method -> (roles that must be present, optional roles, packing, scale
 #: encoding).
@@ -86,6 +87,9 @@ METHODS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...], str]] = {
         (("qweight", "qzeros", "scales"), ("g_idx",), _GPTQ_PACK),
     "awq-gemm":
         (("qweight", "qzeros", "scales"), (), _AWQ_PACK),
+    "bitsandbytes/4bit":
+        (("weight", "absmax", "quant_map", "quant_state"),
+         ("nested_absmax", "nested_quant_map"), _BNB_PACK),
 }
 
 #: zero-point conventions, per method (docs/QUANT.md).
@@ -374,7 +378,55 @@ def _infer(infos: Mapping[str, Info], config: Optional[Mapping[str, Any]],
             add(_infer_gpt_oss(m, infos))
     for m in _modules(infos, ".qweight"):
         add(_infer_gptq_awq(m, infos, cfg, qm))
+    for kind in ("nf4", "fp4"):
+        for w in _modules(infos, ".quant_state.bitsandbytes__" + kind):
+            add(_infer_bnb(w, kind, infos, fetch))
     return groups
+
+
+def _bnb_state(name: str, t: torch.Tensor) -> Dict[str, Any]:
+    """The JSON quant state bitsandbytes stores as a U8 tensor."""
+    try:
+        st = json.loads(bytes(t.to(torch.uint8).reshape(-1).tolist()))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _layout(name, f"quant_state is not JSON: {e}") from None
+    ok = isinstance(st, dict) and isinstance(st.get("blocksize"), int) and \
+        isinstance(st.get("shape"), list) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0
+            for x in st["shape"]) and st["blocksize"] > 0
+    if ok and "nested_absmax" in st:
+        ok = False
+    if ok and st.get("nested_blocksize") is not None:
+        ok = isinstance(st["nested_blocksize"], int) and \
+            st["nested_blocksize"] > 0 and \
+            isinstance(st.get("nested_offset"), (int, float))
+    if not ok:
+        raise _layout(name, f"quant_state {str(st)[:200]} lacks a positive "
+                            f"blocksize, a shape or the nested fields")
+    return st
+
+
+def _infer_bnb(w: str, kind: str, infos: Mapping[str, Info],
+               fetch: Optional[Callable[[str], torch.Tensor]]) -> Group:
+    comps = {"weight": w, "absmax": w + ".absmax",
+             "quant_map": w + ".quant_map",
+             "quant_state": w + ".quant_state.bitsandbytes__" + kind}
+    if w + ".nested_absmax" in infos or w + ".nested_quant_map" in infos:
+        comps["nested_absmax"] = w + ".nested_absmax"
+        comps["nested_quant_map"] = w + ".nested_quant_map"
+    _need(infos, w, comps.values())
+    if fetch is None:
+        raise _unsupported(w, "inferring a bitsandbytes group needs its "
+                              "quant_state tensor's values")
+    dt, sh = infos[comps["quant_state"]]
+    if dt != "U8" or len(sh) != 1 or sh[0] > 1 << 16:
+        raise _layout(w, f"quant_state must be a small 1-D U8 tensor, not "
+                         f"{dt} {list(sh)}")
+    st = _bnb_state(w, fetch(comps["quant_state"]))
+    return Group(w, "bitsandbytes/4bit", comps, tuple(st["shape"]), bits=4,
+                 strategy="group", group_size=st["blocksize"],
+                 dtype={"bfloat16": "BF16", "float16": "F16",
+                        "float32": "F32"}.get(str(st.get("dtype"))))
 
 
 def _ct_args(cfg: Mapping[str, Any], module: str) -> Optional[Dict[str, Any]]:
@@ -860,6 +912,32 @@ def _v_awq(g: Group, infos: Mapping[str, Info]) -> None:
     _expect(g, infos, "scales", _FLOATS, (inn // gs, out))
 
 
+def _v_bnb(g: Group, infos: Mapping[str, Info]) -> None:
+    _check_bits(g, (4,))
+    n = math.prod(g.shape)
+    bs = g.group_size
+    if not bs or bs <= 0:
+        raise _layout(g.name, f"block size {bs}")
+    dt, sh = infos[g.components["weight"]]
+    if dt != "U8" or math.prod(sh) != -(-n // 2) or len(sh) > 2 or \
+            (len(sh) == 2 and sh[1] != 1):
+        raise _layout(g.name, f"weight {g.components['weight']} is {dt} "
+                              f"{list(sh)}, not U8 [{-(-n // 2)}, 1]")
+    nb = -(-n // bs)
+    nested = "nested_absmax" in g.components
+    _expect(g, infos, "absmax", ("U8",) if nested else ("F32",), (nb,))
+    _expect(g, infos, "quant_map", ("F32",), (16,))
+    dt, sh = infos[g.components["quant_state"]]
+    if dt != "U8" or len(sh) != 1:
+        raise _layout(g.name, f"quant_state is {dt} {list(sh)}, not 1-D U8")
+    if nested:
+        _expect(g, infos, "nested_quant_map", ("F32",), (256,))
+        dt, sh = infos[g.components["nested_absmax"]]
+        if dt != "F32" or len(sh) != 1:
+            raise _layout(g.name, f"nested_absmax is {dt} {list(sh)}, not "
+                                  f"1-D F32")
+
+
 _VALIDATORS: Dict[str, Callable[[Group, Mapping[str, Info]], None]] = {
     "compressed-tensors/pack-quantized": _v_pack,
     "compressed-tensors/naive-quantized": _v_naive,
@@ -870,6 +948,7 @@ _VALIDATORS: Dict[str, Callable[[Group, Mapping[str, Info]], None]] = {
     "gpt-oss/mxfp4": _v_gpt_oss,
     "gptq": _v_gptq,
     "awq-gemm": _v_awq,
+    "bitsandbytes/4bit": _v_bnb,
 }
 
 
@@ -1164,6 +1243,31 @@ def _dq_awq(g: Group, c: Dict[str, torch.Tensor]) -> torch.Tensor:
     return _apply(q, s.contiguous(), gg, z.contiguous())
 
 
+def _dq_bnb(g: Group, c: Dict[str, torch.Tensor]) -> torch.Tensor:
+    st = _bnb_state(g.name, c["quant_state"])
+    if tuple(st["shape"]) != g.shape or st["blocksize"] != g.group_size:
+        raise _layout(g.name, f"quant_state says shape {st['shape']} and "
+                              f"blocksize {st['blocksize']}, not "
+                              f"{list(g.shape)} and {g.group_size}")
+    n = math.prod(g.shape)
+    bs = g.group_size
+    nb = -(-n // bs)
+    by = c["weight"].reshape(-1)
+    codes = torch.stack((by >> 4, by & 15), -1).reshape(-1)[:n].to(torch.int64)
+    vals = c["quant_map"].to(torch.float32)[codes]
+    absmax = c["absmax"]
+    if "nested_absmax" in c:
+        nbs = st.get("nested_blocksize")
+        na = c["nested_absmax"].to(torch.float32)
+        if not nbs or na.numel() != -(-nb // nbs):
+            raise _layout(g.name, f"nested_absmax has {na.numel()} blocks, "
+                                  f"not ceil({nb} / {nbs})")
+        a = c["nested_quant_map"].to(torch.float32)[absmax.to(torch.int64)]
+        absmax = a * na.repeat_interleave(nbs)[:nb] + float(st["nested_offset"])
+    absmax = absmax.to(torch.float32)
+    return (vals * absmax.repeat_interleave(bs)[:n]).reshape(g.shape)
+
+
 _DEQUANT: Dict[str, Callable[[Group, Dict[str, torch.Tensor]],
                              torch.Tensor]] = {
     "compressed-tensors/pack-quantized": _dq_pack,
@@ -1175,6 +1279,7 @@ _DEQUANT: Dict[str, Callable[[Group, Dict[str, torch.Tensor]],
     "gpt-oss/mxfp4": _dq_gpt_oss,
     "gptq": _dq_gptq,
     "awq-gemm": _dq_awq,
+    "bitsandbytes/4bit": _dq_bnb,
 }
 
 

@@ -903,8 +903,8 @@ def load_file(filename: PathLike,
 
     ``dequantize`` (an extension of this package): ``torch.bfloat16``,
     ``torch.float16`` or ``torch.float32`` turns every quantized group
-    (docs/QUANT.md: compressed-tensors, GPTQ, AWQ, FP8 block, MXFP4,
-    NVFP4) into one dense tensor under its unquantized name
+    (docs/QUANT.md: compressed-tensors, GPTQ, AWQ, bitsandbytes, FP8
+    block, MXFP4, NVFP4) into one dense tensor under its unquantized name
     (``<module>.weight``, ``[out, in]``); other tensors come back as
     stored.
 

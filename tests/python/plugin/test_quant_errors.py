@@ -268,7 +268,16 @@ def _groups():
              "m.weight_global_scale": torch.ones(1)}
     gpt_oss = {"e.w_blocks": torch.zeros(2, 8, 2, 16, dtype=torch.uint8),
                "e.w_scales": torch.full((2, 8, 2), 127, dtype=torch.uint8)}
-    return {"w4": (w4_group(), None), "gptq": (gptq, {"quant_method": "gptq", "bits": 4,
+    st = json.dumps({"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16",
+                     "shape": [16, 16], "nested_blocksize": 256, "nested_offset": 0.5})
+    bnb = {"b.weight": torch.zeros(128, 1, dtype=torch.uint8),
+           "b.weight.absmax": torch.zeros(4, dtype=torch.uint8),
+           "b.weight.quant_map": torch.linspace(-1, 1, 16),
+           "b.weight.nested_absmax": torch.ones(1),
+           "b.weight.nested_quant_map": torch.linspace(-1, 1, 256),
+           "b.weight.quant_state.bitsandbytes__nf4": torch.tensor(list(st.encode()),
+                                                                  dtype=torch.uint8)}
+    return {"bnb": (bnb, None), "w4": (w4_group(), None), "gptq": (gptq, {"quant_method": "gptq", "bits": 4,
                                                       "group_size": 128}),
             "awq": (awq, {"quant_method": "awq", "bits": 4, "group_size": 128}),
             "fp8": (fp8, None), "nvfp4": (nvfp4, None), "gpt-oss": (gpt_oss, None)}
