@@ -712,13 +712,22 @@ ST_API int st_sniff(const void *head, size_t len, uint64_t file_size,
 #define ST_QUANT_FP4_E2M1 4u   /* two values per byte, the even one in the
                                   low nibble (cols must be even) */
 
+/* Flags for st_dequant.flags; any other bit is refused. */
+#define ST_DEQUANT_TRANSPOSED 0x1u /* the result is stacks of matrices of
+                                      matrix_rows rows each, written
+                                      transposed ([..., cols, matrix_rows]:
+                                      gpt-oss experts); dst is then the
+                                      whole result, of which the call writes
+                                      the values of rows [row_begin,
+                                      row_end) */
+
 typedef struct st_dequant {
   size_t struct_size;       /* sizeof(st_dequant), set by st_dequant_init;
                                any other value is refused */
   uint32_t element;         /* ST_QUANT_* */
   uint32_t bits;            /* ST_QUANT_INT_PACKED: 1..8; otherwise 0 */
   st_dtype out_dtype;       /* ST_BF16, ST_F16 or ST_F32 */
-  uint32_t flags;           /* zero (else refused) */
+  uint32_t flags;           /* ST_DEQUANT_* */
   uint64_t rows, cols;      /* the dense result's shape */
   uint64_t scale_rows;      /* rows that share a scale (1: per row) */
   uint64_t scale_cols;      /* columns that share a scale (a group, a block
@@ -732,14 +741,17 @@ typedef struct st_dequant {
   size_t scale_count;       /* floats at scale; must be exactly that many */
   const float *zero;        /* NULL, or like scale: subtracted first */
   size_t zero_count;        /* floats at zero (0 when zero is NULL) */
-  uint64_t reserved[8];     /* zero (else refused) */
+  uint64_t matrix_rows;     /* ST_DEQUANT_TRANSPOSED: rows per matrix (it
+                               divides rows); otherwise 0 */
+  uint64_t reserved[7];     /* zero (else refused) */
 } st_dequant;
 
 /** Fills d with the defaults: every field zero, struct_size set. */
 ST_API void st_dequant_init(st_dequant *d);
 
 /** Writes rows [row_begin, row_end) of the dense result into dst (capacity
- *  dst_size bytes, (row_end - row_begin) * cols elements of out_dtype).
+ *  dst_size bytes, (row_end - row_begin) * cols elements of out_dtype; the
+ *  whole result with ST_DEQUANT_TRANSPOSED).
  *  Thread-safe: calls on disjoint row ranges may run at once. Statuses:
  *  ST_ERR_INVALID_ARGUMENT (a field out of range, sizes that disagree, a
  *  row range outside rows), ST_ERR_BUFFER_TOO_SMALL (dst_size). */

@@ -178,8 +178,12 @@ st_status st_dequantize(const st_dequant *d, uint64_t row_begin, uint64_t row_en
   for (k = 0; k < sizeof d->reserved / sizeof d->reserved[0]; k++)
     if (d->reserved[k] != 0)
       return bad(err, "st_dequant.reserved is not zero");
-  if (d->flags != 0)
+  if ((d->flags & ~ST_DEQUANT_TRANSPOSED) != 0)
     return bad(err, "unknown st_dequant.flags");
+  if ((d->flags & ST_DEQUANT_TRANSPOSED)
+          ? d->matrix_rows == 0 || d->rows % d->matrix_rows != 0
+          : d->matrix_rows != 0)
+    return bad(err, "matrix_rows does not fit the flags and rows");
   if (d->out_dtype == ST_BF16 || d->out_dtype == ST_F16)
     esize = 2;
   else if (d->out_dtype == ST_F32)
@@ -201,7 +205,9 @@ st_status st_dequantize(const st_dequant *d, uint64_t row_begin, uint64_t row_en
     return bad(err, "q_size does not hold every row");
   if (row_begin > row_end || row_end > d->rows)
     return bad(err, "the row range is outside the rows");
-  if (st__mul_overflow_u64(row_end - row_begin, d->cols, &out_size) ||
+  if (st__mul_overflow_u64((d->flags & ST_DEQUANT_TRANSPOSED) ? d->rows
+                                                              : row_end - row_begin,
+                           d->cols, &out_size) ||
       st__mul_overflow_u64(out_size, esize, &out_size) || out_size > dst_size ||
       (dst == NULL && out_size > 0))
     return st__fail(err, ST_ERR_BUFFER_TOO_SMALL, "dst_size is too small", ST_NO_OFFSET,
@@ -216,6 +222,10 @@ st_status st_dequantize(const st_dequant *d, uint64_t row_begin, uint64_t row_en
     const float *srow = d->scale + (r / d->scale_rows) * scols;
     const float *zrow = d->zero != NULL ? d->zero + (r / d->scale_rows) * scols : NULL;
     unsigned char *orow = (unsigned char *)dst + (r - row_begin) * d->cols * esize;
+    /* transposed: value (r, c) goes to [r / m][c][r % m] */
+    uint64_t m = d->matrix_rows;
+    unsigned char *tbase =
+        m != 0 ? (unsigned char *)dst + ((r / m) * d->cols * m + r % m) * esize : NULL;
     uint64_t c0;
     for (c0 = 0; c0 < d->cols; c0 += TILE) {
       float v[TILE];
@@ -245,7 +255,11 @@ st_status st_dequantize(const st_dequant *d, uint64_t row_begin, uint64_t row_en
         }
       }
       if (d->out_dtype == ST_F32) {
-        memcpy(orow + c0 * 4u, v, (size_t)n * 4u);
+        if (tbase == NULL)
+          memcpy(orow + c0 * 4u, v, (size_t)n * 4u);
+        else
+          for (i = 0; i < n; i++)
+            memcpy(tbase + ((c0 + i) * m) * 4u, &v[i], 4u);
       } else {
         uint16_t h[TILE];
         if (d->out_dtype == ST_BF16)
@@ -254,7 +268,11 @@ st_status st_dequantize(const st_dequant *d, uint64_t row_begin, uint64_t row_en
         else
           for (i = 0; i < TILE; i++)
             h[i] = to_f16(v[i]);
-        memcpy(orow + c0 * 2u, h, (size_t)n * 2u);
+        if (tbase == NULL)
+          memcpy(orow + c0 * 2u, h, (size_t)n * 2u);
+        else
+          for (i = 0; i < n; i++)
+            memcpy(tbase + ((c0 + i) * m) * 2u, &h[i], 2u);
       }
     }
   }

@@ -12,15 +12,16 @@ int st_py_quant_register(PyObject *module);
 static PyObject *py_dequantize(PyObject *self, PyObject *args) {
   unsigned int element, bits, out_dtype;
   unsigned long long rows, cols, scale_rows, scale_cols, row_begin, row_end;
+  unsigned long long matrix_rows = 0;
   Py_buffer q, scale, zero, dst;
   PyObject *zero_obj;
   st_dequant d;
   st_error err;
   st_status st;
   (void)self;
-  if (!PyArg_ParseTuple(args, "IIIKKKKy*y*OKKw*:dequantize", &element, &bits, &out_dtype,
-                        &rows, &cols, &scale_rows, &scale_cols, &q, &scale, &zero_obj,
-                        &row_begin, &row_end, &dst))
+  if (!PyArg_ParseTuple(args, "IIIKKKKy*y*OKKw*|K:dequantize", &element, &bits,
+                        &out_dtype, &rows, &cols, &scale_rows, &scale_cols, &q, &scale,
+                        &zero_obj, &row_begin, &row_end, &dst, &matrix_rows))
     return NULL;
   zero.buf = NULL;
   zero.len = 0;
@@ -45,6 +46,10 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
   d.scale_count = (size_t)scale.len / sizeof(float);
   d.zero = (const float *)zero.buf;
   d.zero_count = (size_t)zero.len / sizeof(float);
+  if (matrix_rows != 0) {
+    d.flags = ST_DEQUANT_TRANSPOSED;
+    d.matrix_rows = matrix_rows;
+  }
   Py_BEGIN_ALLOW_THREADS
   st = st_dequantize(&d, row_begin, row_end, dst.buf, (size_t)dst.len, &err);
   Py_END_ALLOW_THREADS
@@ -64,9 +69,10 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
 static PyMethodDef quant_methods[] = {
     {"dequantize", py_dequantize, METH_VARARGS,
      "dequantize(element, bits, out_dtype, rows, cols, scale_rows, scale_cols,\n"
-     "q, scale, zero, row_begin, row_end, dst): st_dequantize over buffers\n"
-     "(scale, zero: float32; zero may be None), rows [row_begin, row_end)\n"
-     "into dst; the GIL is released while it runs."},
+     "q, scale, zero, row_begin, row_end, dst, matrix_rows=0): st_dequantize\n"
+     "over buffers (scale, zero: float32; zero may be None), rows [row_begin,\n"
+     "row_end) into dst (the whole result, transposed per matrix of\n"
+     "matrix_rows rows, when matrix_rows is not 0); the GIL is released."},
     {NULL, NULL, 0, NULL}};
 
 int st_py_quant_register(PyObject *module) {

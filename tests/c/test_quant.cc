@@ -128,6 +128,36 @@ TEST(Dequant, Fp8Fp4AndBlocksToBf16) {
   EXPECT_EQ(o[1], -6.0f);
 }
 
+TEST(Dequant, TransposedMatrices) {
+  // Two 3x4 matrices of 8-bit values, written [2][4][3]; each row range alone.
+  std::vector<unsigned char> bytes(6 * 4);
+  for (size_t i = 0; i < bytes.size(); i++)
+    bytes[i] = static_cast<unsigned char>(128 + i);
+  std::vector<float> scale(6, 1.0f);
+  st_dequant d = spec(ST_QUANT_INT_PACKED, 8, 6, 4);
+  d.q = bytes.data();
+  d.q_size = bytes.size();
+  d.scale = scale.data();
+  d.scale_count = 6;
+  d.flags = ST_DEQUANT_TRANSPOSED;
+  d.matrix_rows = 3;
+  std::vector<float> out(24, -1.0f);
+  ASSERT_EQ(st_dequantize(&d, 0, 4, out.data(), 96, nullptr), ST_OK);
+  ASSERT_EQ(st_dequantize(&d, 4, 6, out.data(), 96, nullptr), ST_OK);
+  for (int e = 0; e < 2; e++)
+    for (int r = 0; r < 3; r++)
+      for (int c = 0; c < 4; c++)
+        EXPECT_EQ(out[static_cast<size_t>(e * 12 + c * 3 + r)],
+                  static_cast<float>((e * 3 + r) * 4 + c));
+  st_error err;
+  d.matrix_rows = 4;  // does not divide 6
+  EXPECT_EQ(st_dequantize(&d, 0, 6, out.data(), 96, &err), ST_ERR_INVALID_ARGUMENT);
+  d.matrix_rows = 3;
+  EXPECT_EQ(st_dequantize(&d, 4, 6, out.data(), 95, &err), ST_ERR_BUFFER_TOO_SMALL);
+  d.flags = 0;  // matrix_rows without the flag
+  EXPECT_EQ(st_dequantize(&d, 0, 6, out.data(), 96, &err), ST_ERR_INVALID_ARGUMENT);
+}
+
 TEST(Dequant, RowRangesAreIndependent) {
   std::vector<unsigned char> bytes(4 * 8);
   for (size_t i = 0; i < bytes.size(); i++)
@@ -165,8 +195,8 @@ TEST(Dequant, Refusals) {
   };
   const Case cases[] = {
       {"struct_size", [](st_dequant *d) { d->struct_size = 8; }, ST_ERR_INVALID_ARGUMENT},
-      {"reserved", [](st_dequant *d) { d->reserved[7] = 1; }, ST_ERR_INVALID_ARGUMENT},
-      {"flags", [](st_dequant *d) { d->flags = 1; }, ST_ERR_INVALID_ARGUMENT},
+      {"reserved", [](st_dequant *d) { d->reserved[6] = 1; }, ST_ERR_INVALID_ARGUMENT},
+      {"flags", [](st_dequant *d) { d->flags = 2; }, ST_ERR_INVALID_ARGUMENT},
       {"out_dtype", [](st_dequant *d) { d->out_dtype = ST_I8; }, ST_ERR_INVALID_ARGUMENT},
       {"element", [](st_dequant *d) { d->element = 99; }, ST_ERR_INVALID_ARGUMENT},
       {"bits 9", [](st_dequant *d) { d->bits = 9; }, ST_ERR_INVALID_ARGUMENT},

@@ -1105,9 +1105,10 @@ def _kernel(g: Group, c: Dict[str, torch.Tensor], dtype: torch.dtype
     if args is None:
         return None
     element, bits, q, scale, zero = args
-    if g.method == "gpt-oss/mxfp4":  # rows of [..., out, in], transposed after
-        *lead, cols, last = g.shape
-        out_rows = math.prod(lead) * last
+    matrix_rows = 0
+    if g.method == "gpt-oss/mxfp4":  # rows of [..., out, in], written [in, out]
+        *lead, cols, matrix_rows = g.shape
+        out_rows = math.prod(lead) * matrix_rows
     else:
         out_rows, cols = g.shape
     srows, scols = {"tensor": (out_rows, cols), "channel": (1, cols),
@@ -1123,7 +1124,8 @@ def _kernel(g: Group, c: Dict[str, torch.Tensor], dtype: torch.dtype
 
     def run(r0: int, r1: int) -> None:
         _C.dequantize(el, bits, code, out_rows, cols, srows, scols, qb, sb,
-                      zb, r0, r1, db[r0:r1])
+                      zb, r0, r1, db if matrix_rows else db[r0:r1],
+                      matrix_rows)
 
     nthreads = os.cpu_count() or 1
     if out_rows * cols < _SPLIT_MIN or nthreads < 2 or out_rows < 2:
@@ -1139,10 +1141,7 @@ def _kernel(g: Group, c: Dict[str, torch.Tensor], dtype: torch.dtype
         for f in futs:
             f.result()
     dst = dst if store == dtype else dst.view(dtype)
-    if g.method == "gpt-oss/mxfp4":
-        *lead, inn, last = g.shape
-        dst = dst.reshape(*lead, last, inn).transpose(-1, -2).contiguous()
-    return dst
+    return dst.reshape(g.shape)
 
 
 def _check_shape_values(g: Group, c: Dict[str, torch.Tensor]) -> None:
