@@ -65,6 +65,7 @@ _FP4_LOW_FIRST = "u8-low-nibble-even"      # element 2k in bits 0-3 of byte k
 _GPTQ_PACK = "int32-lsb-dense-columns"     # along the input dim (dim 0)
 _AWQ_PACK = "int32-awq-02461357"           # nibble k holds column ORDER[k]
 _BNB_PACK = "u8-high-nibble-even"          # element 2k in bits 4-7 of byte k
+_FP6_PACK = "u8-6bit-lsb-dense"            # 4 codes per 3 bytes, LSB first
 
 #: method -> (roles that must be present, optional roles, packing, scale
 #: encoding).
@@ -77,6 +78,8 @@ METHODS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...], str]] = {
         (("packed", "scale", "global_scale"), (), _FP4_LOW_FIRST),
     "compressed-tensors/mxfp4-pack-quantized":
         (("packed", "scale"), (), _FP4_LOW_FIRST),
+    "compressed-tensors/mxfp6-pack-quantized":
+        (("packed", "scale"), (), _FP6_PACK),
     "modelopt/nvfp4":
         (("weight", "scale", "scale_2"), (), _FP4_LOW_FIRST),
     "fp8-block-scale-inv":
@@ -489,6 +492,17 @@ def _infer_packed(m: str, infos: Mapping[str, Info], cfg: Mapping[str, Any],
             return Group(name, "compressed-tensors/nvfp4-pack-quantized",
                          comps, shape, bits=4, strategy="group",
                          group_size=int(args.get("group_size") or 16))
+        sshape = _shape(infos, m + ".weight_scale") \
+            if m + ".weight_scale" in infos else ()
+        six = args.get("num_bits") == 6 or (
+            not args.get("num_bits") and len(sshape) == 2 and
+            pshape[1] == 24 * sshape[1] and sshape[1] > 0)
+        if six:  # 4 codes in 3 bytes
+            return Group(name, "compressed-tensors/mxfp6-pack-quantized",
+                         comps, (pshape[0], pshape[1] * 4 // 3), bits=6,
+                         strategy="group",
+                         group_size=int(args.get("group_size") or 32),
+                         scale_encoding="e8m0")
         return Group(name, "compressed-tensors/mxfp4-pack-quantized", comps,
                      shape, bits=4, strategy="group",
                      group_size=int(args.get("group_size") or 32),
@@ -857,6 +871,15 @@ def _v_mxfp4(g: Group, infos: Mapping[str, Info]) -> None:
     _expect_scale(g, infos, "scale", _E8M0)
 
 
+def _v_mxfp6(g: Group, infos: Mapping[str, Info]) -> None:
+    _check_bits(g, (6,))
+    out, inn = _two_d(g)
+    if inn % 4:
+        raise _layout(g.name, f"{inn} columns: FP6 packs 4 values in 3 bytes")
+    _expect(g, infos, "packed", ("U8",), (out, inn * 3 // 4))
+    _expect_scale(g, infos, "scale", _E8M0)
+
+
 def _v_modelopt(g: Group, infos: Mapping[str, Info]) -> None:
     _v_fp4(g, infos, "weight")
     _expect_scale(g, infos, "scale", ("F8_E4M3",))
@@ -943,6 +966,7 @@ _VALIDATORS: Dict[str, Callable[[Group, Mapping[str, Info]], None]] = {
     "compressed-tensors/naive-quantized": _v_naive,
     "compressed-tensors/nvfp4-pack-quantized": _v_nvfp4,
     "compressed-tensors/mxfp4-pack-quantized": _v_mxfp4,
+    "compressed-tensors/mxfp6-pack-quantized": _v_mxfp6,
     "modelopt/nvfp4": _v_modelopt,
     "fp8-block-scale-inv": _v_scale_inv,
     "gpt-oss/mxfp4": _v_gpt_oss,
@@ -1183,6 +1207,20 @@ def _dq_mxfp4(g: Group, c: Dict[str, torch.Tensor]) -> torch.Tensor:
                   _float_scale(c["scale"], "e8m0"), g)
 
 
+def _fp6_e2m3(codes: torch.Tensor) -> torch.Tensor:
+    """E2M3 values of 6-bit codes (sign in bit 5; exponent bias 1)."""
+    mag = codes & 31
+    e, m = (mag >> 3).to(torch.float32), (mag & 7).to(torch.float32)
+    v = torch.where(e == 0, m / 8, (1 + m / 8) * torch.exp2(e - 1))
+    return torch.where((codes & 32) != 0, -v, v)
+
+
+def _dq_mxfp6(g: Group, c: Dict[str, torch.Tensor]) -> torch.Tensor:
+    out, inn = g.shape
+    v = _fp6_e2m3(_bitstream(c["packed"], 6, inn))
+    return _apply(v, _float_scale(c["scale"], "e8m0"), g)
+
+
 def _dq_modelopt(g: Group, c: Dict[str, torch.Tensor]) -> torch.Tensor:
     out, inn = g.shape
     s = c["scale"].to(torch.float32) * c["scale_2"].to(
@@ -1273,6 +1311,7 @@ _DEQUANT: Dict[str, Callable[[Group, Dict[str, torch.Tensor]],
     "compressed-tensors/naive-quantized": _dq_naive,
     "compressed-tensors/nvfp4-pack-quantized": _dq_nvfp4,
     "compressed-tensors/mxfp4-pack-quantized": _dq_mxfp4,
+    "compressed-tensors/mxfp6-pack-quantized": _dq_mxfp6,
     "modelopt/nvfp4": _dq_modelopt,
     "fp8-block-scale-inv": _dq_scale_inv,
     "gpt-oss/mxfp4": _dq_gpt_oss,

@@ -43,6 +43,8 @@ CASES = {
               C.float_args("tensor_group", group_size=16, bits=4, scale_dtype=E4M3)),
     "mxfp4": ("mxfp4-pack-quantized",
               C.float_args("group", group_size=32, bits=4, scale_dtype=torch.uint8)),
+    "mxfp6": ("mxfp6-pack-quantized",
+              C.float_args("group", group_size=32, bits=6, scale_dtype=torch.uint8)),
     "mxfp8": ("mxfp8-quantized",
               C.float_args("group", group_size=32, bits=8, scale_dtype=torch.uint8)),
 }

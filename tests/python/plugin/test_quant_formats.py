@@ -344,3 +344,19 @@ def test_fp8_values_against_ml_dtypes(tmp_path, st, mld):
                                 path)
     ours = load_file(path, dequantize=torch.float32)["m.weight"].numpy()
     np.testing.assert_array_equal(ours, codes.view(mld).astype(np.float32))
+
+
+def test_fp6_values_against_ml_dtypes(tmp_path):
+    """Every E2M3 code through a compressed-tensors MXFP6 group (4 codes in 3 bytes, LSB
+    first), scale 2^0: the values ml_dtypes gives."""
+    codes = np.tile(np.arange(64, dtype=np.uint32), 2).reshape(1, 128)
+    c = codes.reshape(1, 32, 4)
+    word = c[..., 0] | c[..., 1] << 6 | c[..., 2] << 12 | c[..., 3] << 18
+    packed = np.stack([word & 255, word >> 8 & 255, word >> 16 & 255], -1).reshape(1, 96)
+    path = os.path.join(tmp_path, "model.safetensors")
+    safetensors.torch.save_file({"m.weight_packed": torch.from_numpy(packed.astype(np.uint8)),
+                                 "m.weight_scale": torch.full((1, 4), 127, dtype=torch.uint8)},
+                                path)
+    want = codes.astype(np.uint8).view(ml_dtypes.float6_e2m3fn).astype(np.float32)
+    ours = load_file(path, dequantize=torch.float32)["m.weight"].numpy()
+    np.testing.assert_array_equal(ours, want)
