@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 /* The owned loads run on the copy engine: the C API's experimental tier. */
 #define ST_EXPERIMENTAL_API
@@ -1697,6 +1698,64 @@ static int layout_producer(void *ctx, uint64_t offset, void *dst, size_t len) {
   return 0;
 }
 
+/* pwrite_runs(fd, address, run, offsets): writes len(offsets) runs of run
+ * bytes that lie back to back in memory from address, run k at file offset
+ * offsets[k] (a buffer of native int64, e.g. an int64 tensor's bytes). Runs
+ * adjacent in the file too go in one call; EINTR and short writes continue.
+ * The GIL is released for the whole loop: the per-row writes of a
+ * column-sharded DCP save (distributed.py) cost one system call each, and
+ * no Python object. Raises OSError with the failing call's errno. The
+ * caller keeps the memory alive and owns fd. */
+static PyObject *mod_pwrite_runs(PyObject *Py_UNUSED(m), PyObject *args) {
+  int fd;
+  unsigned long long address;
+  Py_ssize_t run;
+  Py_buffer offsets;
+  if (!PyArg_ParseTuple(args, "iKny*", &fd, &address, &run, &offsets)) return NULL;
+  if (run < 0 || offsets.len % (Py_ssize_t)sizeof(int64_t) != 0) {
+    PyBuffer_Release(&offsets);
+    PyErr_SetString(PyExc_ValueError, "pwrite_runs: run < 0, or offsets not whole int64s");
+    return NULL;
+  }
+  const unsigned char *src = (const unsigned char *)(uintptr_t)address;
+  const unsigned char *ob = offsets.buf;
+  size_t n = (size_t)offsets.len / sizeof(int64_t), len = (size_t)run;
+  int failed = 0;
+  Py_BEGIN_ALLOW_THREADS
+  size_t k = 0;
+  while (k < n && failed == 0 && len > 0) {
+    int64_t at, next;
+    memcpy(&at, ob + k * sizeof at, sizeof at);
+    size_t j = k + 1;
+    for (; j < n; j++) {
+      memcpy(&next, ob + j * sizeof next, sizeof next);
+      if (next != at + (int64_t)((j - k) * len)) break;
+    }
+    const unsigned char *p = src + k * len;
+    size_t left = (j - k) * len;
+    off_t off = (off_t)at;
+    while (left > 0) {
+      ssize_t w = pwrite(fd, p, left < 0x40000000u ? left : 0x40000000u, off);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        failed = w < 0 ? errno : EIO;
+        break;
+      }
+      p += w;
+      left -= (size_t)w;
+      off += w;
+    }
+    k = j;
+  }
+  Py_END_ALLOW_THREADS
+  PyBuffer_Release(&offsets);
+  if (failed != 0) {
+    errno = failed;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  Py_RETURN_NONE;
+}
+
 /* layout(tensors, metadata) -> (header, file_size): the exact first 8 + N
  * bytes st_writer would write for tensors, a sequence of (name, dtype,
  * shape), and metadata (None: no __metadata__; a dict, even empty: that
@@ -1935,6 +1994,10 @@ static PyMethodDef module_methods[] = {
     {"torch_shape", mod_torch_shape, METH_VARARGS,
      "torch_shape(dtype_name, shape) -> the torch shape of a tensor (or\n"
      "slice) of that file dtype and file shape, by the view policy"},
+    {"pwrite_runs", mod_pwrite_runs, METH_VARARGS,
+     "pwrite_runs(fd, address, run, offsets): len(offsets) runs of run\n"
+     "bytes, back to back in memory from address, each written at its file\n"
+     "offset (offsets: a buffer of native int64); GIL released; OSError."},
     {"layout", mod_layout, METH_VARARGS,
      "layout(tensors, metadata) -> (header, file_size): the first 8 + N\n"
      "bytes the writer writes for tensors, a sequence of (name, dtype,\n"

@@ -22,9 +22,9 @@ sees every rank's chunks with the full shapes and dtypes, asks the C writer
 for each shard's exact header bytes (``_C.layout``: the same bytes
 ``save_file`` writes for those tensors), creates the shard files under
 temporary names, and every rank then writes its chunks straight to their
-final byte positions (``os.pwritev``; a chunk that is not contiguous in the
-row-major full tensor is one positioned write per contiguous run) and
-fsyncs them. ``finish`` publishes the checkpoint crash-consistently
+final byte positions (positioned writes in C with the GIL released,
+``_C.pwrite_runs``; a chunk that is not contiguous in the row-major full
+tensor is one write per contiguous run) and fsyncs them. ``finish`` publishes the checkpoint crash-consistently
 (ARCHITECTURE decision 11): fsync, rename the shards into place, write the
 index last, fsync the directory, then remove the old checkpoint's files.
 
@@ -136,9 +136,6 @@ FORMAT_VERSION = "1"
 _HF_SHARDING_KEY = "DCP_SHARDING_INFO"
 _HF_OFFSETS_KEY = "saved_offsets"
 
-#: Linux writes at most this many bytes per call, and IOV_MAX pieces.
-_MAX_WRITE = 0x7FFFF000
-_MAX_IOV = 1024
 #: Reads of slices whose destination is not contiguous go through scratch
 #: tensors; at most this many scratch bytes are alive at once.
 _SCRATCH_BUDGET = 256 << 20
@@ -189,26 +186,28 @@ def _strides(shape: Sequence[int]) -> List[int]:
 
 
 def _runs(size: Sequence[int], offsets: Sequence[int],
-          lengths: Sequence[int]) -> Tuple[int, List[int]]:
+          lengths: Sequence[int]) -> Tuple[int, torch.Tensor]:
     """The contiguous runs of a box (offsets, lengths) of a row-major tensor
-    of size: (elements per run, element offset of each run in the tensor),
-    in the box's own row-major order. Trailing dimensions the box covers
-    whole merge into one run."""
+    of size: (elements per run, int64 tensor of the element offset of each
+    run in the tensor), in the box's own row-major order (ascending), which
+    is the order of the runs in the box's contiguous copy. Trailing
+    dimensions the box covers whole merge into one run."""
     rank = len(size)
     if rank == 0:
-        return 1, [0]
+        return 1, torch.zeros(1, dtype=torch.int64)
     if _numel(lengths) == 0:
-        return 0, []
+        return 0, torch.empty(0, dtype=torch.int64)
     j = rank - 1
     while j > 0 and int(lengths[j]) == int(size[j]) and int(offsets[j]) == 0:
         j -= 1
     strides = _strides(size)
     run = int(lengths[j]) * strides[j]
-    starts = [sum(int(offsets[d]) * strides[d] for d in range(rank))]
+    starts = torch.tensor([sum(int(offsets[d]) * strides[d]
+                               for d in range(rank))], dtype=torch.int64)
     for d in range(j - 1, -1, -1):
-        step = strides[d]
-        starts = [s + i * step for i in range(int(lengths[d])) for s in starts]
-    return run, sorted(starts)
+        step = torch.arange(int(lengths[d]), dtype=torch.int64) * strides[d]
+        starts = (step.unsqueeze(1) + starts.unsqueeze(0)).reshape(-1)
+    return run, starts
 
 
 def _json_value(fqn: str, value: Any) -> str:
@@ -513,7 +512,7 @@ class SafetensorsStorageWriter(StorageWriter):
         placements: Dict[str, _Placement] = (
             plan.storage_data or {}).get("placements", {})
         results: List[WriteResult] = []
-        writes: Dict[str, List[Tuple[int, memoryview]]] = {}
+        writes: Dict[str, List[_Runs]] = {}
         owners: List[torch.Tensor] = []
         for item in plan.items:
             fqn = item.index.fqn
@@ -544,15 +543,11 @@ class SafetensorsStorageWriter(StorageWriter):
             run, starts = _runs(where.size, chunk.offsets, chunk.sizes)
             nbytes = run * where.itemsize
             if nbytes:
-                # one view of the chunk's bytes, sliced per run; owners
-                # keeps the tensor alive until the writes are done
-                whole = memoryview((ctypes.c_char * (nbytes * len(starts)))
-                                   .from_address(t.data_ptr())).cast("B")
+                # owners keeps the tensor alive until the writes are done
                 owners.append(t)
-                pieces = writes.setdefault(where.path, [])
-                for k, start in enumerate(starts):
-                    pieces.append((where.base + start * where.itemsize,
-                                   whole[k * nbytes:(k + 1) * nbytes]))
+                at = starts * where.itemsize + where.base
+                writes.setdefault(where.path, []).append(
+                    (int(at[0]), t.data_ptr(), nbytes, at))
             results.append(WriteResult(
                 index=item.index,
                 size_in_bytes=len(starts) * nbytes,
@@ -718,49 +713,27 @@ class SafetensorsStorageWriter(StorageWriter):
                 "weight_map": weight_map, "total_size": total, "old": old,
                 "state_name": state_name}
 
-    def _pwrite_all(self, writes: Dict[str, List[Tuple[int, memoryview]]]
-                    ) -> None:
-        """Every (file offset, bytes) piece, gathered into os.pwritev calls
-        of pieces adjacent in the file, one thread per file (up to
+    def _pwrite_all(self, writes: Dict[str, List[_Runs]]) -> None:
+        """Every chunk's runs written at their file offsets, in C with the
+        GIL released (``_C.pwrite_runs``), one thread per file (up to
         ``threads`` files at once); then each file is fsynced."""
-        jobs = []
-        fds = {}
+        fds: Dict[str, int] = {}
         try:
-            for path, pieces in writes.items():
-                fd = os.open(path, os.O_WRONLY)
-                fds[path] = fd
-                pieces.sort(key=lambda p: p[0])
-                batch: List[memoryview] = []
-                start = end = -1
-                size = 0
-                for off, view in pieces:
-                    nbytes = len(view)
-                    if batch and (off != end or len(batch) >= _MAX_IOV
-                                  or size + nbytes > _MAX_WRITE):
-                        jobs.append((fd, batch, start))
-                        batch, size = [], 0
-                    if not batch:
-                        start = off
-                    batch.append(view)
-                    size += nbytes
-                    end = off + nbytes
-                if batch:
-                    jobs.append((fd, batch, start))
-            # One thread per file, up to `threads` files at once: writes to
-            # one file serialize on its inode lock, so more threads on one
-            # file only add GIL hand-offs (benchmarks/RESULTS.md, dcp-notes:
-            # a Shard(1) save, one pwritev per row, took 5.6 s with four
-            # threads on its file against 4.0 s with one).
-            per_file: Dict[int, list] = {}
-            for job in jobs:
-                per_file.setdefault(job[0], []).append(job)
-            if len(per_file) <= 1 or self.threads == 1:
-                _pwrite_jobs(jobs)
+            for path in writes:
+                fds[path] = os.open(path, os.O_WRONLY)
+            # One thread per file: writes to one file serialize on its inode
+            # lock, so more threads on one file only add contention
+            # (benchmarks/RESULTS.md, dcp-notes: a Shard(1) save, one write
+            # per row, took 5.6 s with four threads on its file against
+            # 4.0 s with one).
+            jobs = [(fds[path], sorted(chunks, key=lambda c: c[0]))
+                    for path, chunks in writes.items()]
+            if len(jobs) <= 1 or self.threads == 1:
+                for job in jobs:
+                    _write_runs(*job)
             else:
-                n = min(self.threads, len(per_file))
-                with ThreadPoolExecutor(n) as ex:
-                    for f in [ex.submit(_pwrite_jobs, g)
-                              for g in per_file.values()]:
+                with ThreadPoolExecutor(min(self.threads, len(jobs))) as ex:
+                    for f in [ex.submit(_write_runs, *job) for job in jobs]:
                         f.result()
             self._phase()
             if self.fsync:
@@ -771,9 +744,16 @@ class SafetensorsStorageWriter(StorageWriter):
                 os.close(fd)
 
 
-def _pwrite_jobs(jobs: List[Tuple[int, List[memoryview], int]]) -> None:
-    for job in jobs:
-        _pwrite_full(*job)
+#: One chunk's writes: (first file offset, address of its contiguous bytes,
+#: bytes per run, int64 tensor of each run's file offset).
+_Runs = Tuple[int, int, int, torch.Tensor]
+
+
+def _write_runs(fd: int, chunks: List[_Runs]) -> None:
+    for _, address, run, at in chunks:
+        offsets = (ctypes.c_char * (at.numel() * 8)).from_address(
+            at.data_ptr())
+        _C.pwrite_runs(fd, address, run, offsets)
 
 
 def _pwrite_full(fd: int, views: List[memoryview], offset: int) -> None:

@@ -296,3 +296,48 @@ def test_state_file_belongs_to_the_checkpoint_only_through_its_index(tmp_path):
     save_sharded({"v": torch.zeros(3)}, ckpt)
     assert sorted(os.listdir(ckpt)) == ["model.safetensors"]
     assert sorted(load_sharded(ckpt)) == ["v"]
+
+
+@pytest.mark.parametrize("size,offsets,lengths", [
+    ((), (), ()),
+    ((7,), (2,), (3,)),
+    ((6, 10), (0, 5), (6, 5)),        # column shard: one run per row
+    ((6, 10), (2, 0), (3, 10)),       # row shard: one run
+    ((4, 6, 8), (1, 2, 0), (2, 3, 8)),
+    ((4, 6, 8), (0, 1, 3), (4, 4, 2)),
+    ((5, 4), (1, 0), (0, 4)),         # empty box
+])
+def test_runs_are_the_box_in_row_major_order(size, offsets, lengths):
+    """_runs (vectorized) against the box enumerated element by element:
+    run k of the box's contiguous copy starts at starts[k] of the tensor."""
+    from torch_safetensors.distributed import _runs
+    full = torch.arange(max(1, int(torch.tensor(size).prod())) if size
+                        else 1).reshape(size)
+    box = full[tuple(slice(o, o + n) for o, n in zip(offsets, lengths))]
+    run, starts = _runs(size, offsets, lengths)
+    assert starts.dtype == torch.int64
+    flat = box.contiguous().reshape(-1)
+    assert run * starts.numel() == flat.numel()
+    got = [full.reshape(-1)[s:s + run] for s in starts.tolist()]
+    want = [flat[k * run:(k + 1) * run] for k in range(starts.numel())]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_pwrite_runs_writes_each_run_at_its_offset(tmp_path):
+    src = torch.arange(12, dtype=torch.uint8)       # 4 runs of 3 bytes
+    at = torch.tensor([20, 23, 0, 40], dtype=torch.int64)  # 20, 23 merge
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _C.pwrite_runs(fd, src.data_ptr(), 3, at.numpy().tobytes())
+    finally:
+        os.close(fd)
+    data = path.read_bytes()
+    assert len(data) == 43
+    assert data[20:26] == bytes(range(6))
+    assert data[0:3] == bytes([6, 7, 8]) and data[40:43] == bytes([9, 10, 11])
+    with pytest.raises(OSError) as e:
+        _C.pwrite_runs(-1, src.data_ptr(), 3, at.numpy().tobytes())
+    assert e.value.errno == 9  # EBADF
+    with pytest.raises(ValueError):
+        _C.pwrite_runs(0, src.data_ptr(), 3, b"1234567")  # not whole int64s
