@@ -333,7 +333,9 @@ def test_fp4_e8m0_values_against_ml_dtypes(tmp_path):
 
 
 @pytest.mark.parametrize("st,mld", [("float8_e4m3fn", ml_dtypes.float8_e4m3fn),
-                                    ("float8_e5m2", ml_dtypes.float8_e5m2)])
+                                    ("float8_e5m2", ml_dtypes.float8_e5m2),
+                                    ("float8_e4m3fnuz", ml_dtypes.float8_e4m3fnuz),
+                                    ("float8_e5m2fnuz", ml_dtypes.float8_e5m2fnuz)])
 def test_fp8_values_against_ml_dtypes(tmp_path, st, mld):
     """Every FP8 code through a per-tensor compressed-tensors float-quantized group."""
     codes = np.arange(256, dtype=np.uint8).reshape(16, 16)
