@@ -1,4 +1,5 @@
-"""``python -m torch_safetensors``: convert pickle checkpoints to safetensors, inspect files.
+"""``python -m torch_safetensors``: convert pickle checkpoints to safetensors, inspect, verify
+and quantize files.
 
 Usage::
 
@@ -8,6 +9,7 @@ Usage::
     python -m torch_safetensors inspect model.safetensors [--json]
     python -m torch_safetensors inspect model.safetensors.index.json
     python -m torch_safetensors verify model.safetensors other.safetensors index.json
+    python -m torch_safetensors quantize model_dir model_w4 --scheme W4A16
 
 ``convert`` reads pickle checkpoints only with ``torch.load(..., weights_only=True)`` (torch's
 restricted unpickler: tensors, containers and plain values, never arbitrary classes or code), so
@@ -22,6 +24,15 @@ with ``--max-shard-size`` or an output directory, Hugging Face shards plus
 ``model.safetensors.index.json`` (needs a flat ``state_dict``). A progress bar (tqdm, when
 installed and stderr is a terminal, or with ``--progress``) follows the bytes read and written;
 without tqdm there is no bar and nothing else changes (tqdm is optional: ``pip install tqdm``).
+
+``quantize`` rounds a safetensors checkpoint to nearest in one of the schemes of
+``save_file(..., quantize=)`` (docs/QUANT.md, "Writing"), in the compressed-tensors layout that
+vLLM-style loaders read: every 2-D floating ``*.weight`` but ``lm_head`` and embeddings (plus
+``--ignore``). Input: a ``.safetensors`` file (output: a file), or a sharded checkpoint's index or
+a directory holding one or ``model.safetensors`` (output: a new directory: each shard quantized
+under its own name, one shard in memory at a time, the index written last, and the directory's
+other files copied, ``config.json`` with the ``quantization_config`` added). Every output file is
+written durably. A progress bar follows the bytes quantized.
 
 ``inspect`` and ``verify`` take a file or a sharded checkpoint's index (a name ending in
 ``.json``), as the C command ``safetensors`` does, with the same exit status: 0 valid, 1 invalid
@@ -75,13 +86,16 @@ def _size_arg(text: str) -> int:
 # convert
 # --------------------------------------------------------------------------------------------
 
-def _input_files(src: str) -> list[str]:
-    """The pickle files making up the checkpoint at ``src``, in load order."""
+def _checkpoint_files(src: str, index_name: str = PICKLE_INDEX,
+                      single_name: str = PICKLE_SINGLE) -> tuple[list[str], str | None]:
+    """(the files making up the checkpoint at ``src``, in load order; its index or None).
+    ``src``: one file, an index (``.json``), or a directory holding index_name or
+    single_name."""
     if os.path.isdir(src):
-        for name in (PICKLE_INDEX, PICKLE_SINGLE):
+        for name in (index_name, single_name):
             if os.path.exists(os.path.join(src, name)):
-                return _input_files(os.path.join(src, name))
-        raise CliError(f"{src}: no {PICKLE_INDEX} or {PICKLE_SINGLE} in this directory")
+                return _checkpoint_files(os.path.join(src, name), index_name, single_name)
+        raise CliError(f"{src}: no {index_name} or {single_name} in this directory")
     if not os.path.exists(src):
         raise CliError(f"{src}: no such file")
     if src.endswith(".json"):
@@ -89,8 +103,13 @@ def _input_files(src: str) -> list[str]:
             _, shards = _index_shards(src)
         except _Invalid as e:
             raise CliError(str(e)) from None
-        return shards
-    return [src]
+        return shards, src
+    return [src], None
+
+
+def _input_files(src: str) -> list[str]:
+    """The pickle files making up the checkpoint at ``src``, in load order."""
+    return _checkpoint_files(src)[0]
 
 
 def _is_safetensors(path: str) -> bool:
@@ -181,6 +200,82 @@ def convert(src: str, dst: str, max_shard_size: int | None = None,
         bar.update(total, "done")
     finally:
         bar.close()
+    return written
+
+
+def quantize(src: str, dst: str, scheme: str, group_size: int | None = None,
+             ignore: Sequence[str] = (), progress: bool | None = None) -> list[str]:
+    """Quantize the safetensors checkpoint at ``src`` into ``dst``; returns the files written.
+    See the module docs."""
+    import shutil
+
+    from . import quant
+    from .sharded import _fsync_dir
+    from .torch import load_file, safe_open, save_file
+
+    spec: dict[str, Any] = {"scheme": scheme,
+                            "ignore": list(quant._DEFAULT_IGNORE) + list(ignore)}
+    if group_size is not None:
+        spec["group_size"] = group_size
+    quant._parse_spec(spec)  # a bad scheme or option: refused before anything is read
+    files, index = _checkpoint_files(src, SAFE_INDEX, "model.safetensors")
+    directory_out = index is not None or os.path.isdir(src)
+    if directory_out:
+        if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+            raise CliError(f"{dst}: exists and is not an empty directory")
+        os.makedirs(dst, exist_ok=True)
+    elif os.path.isdir(dst):
+        raise CliError(f"{dst}: is a directory; the input is one file")
+    total = sum(os.path.getsize(f) for f in files)
+    written: list[str] = []
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    config = None
+    with Progress(total, "quantizing", progress) as bar:
+        for f in files:
+            with safe_open(f, "pt") as h:
+                md = h.metadata()
+            tensors, md = quant.quantize_state_dict(load_file(f), spec, md)
+            out = os.path.join(dst, os.path.basename(f)) if directory_out else dst
+            save_file(tensors, out, md)
+            written.append(out)
+            config = quant.quantization_config(md)
+            for k, t in tensors.items():
+                weight_map[k] = os.path.basename(f)
+                total_size += t.numel() * t.element_size()
+            del tensors
+            bar.update(os.path.getsize(f), f"quantized {os.path.basename(f)}")
+    if not directory_out:
+        return written
+    src_dir = os.path.dirname(os.path.abspath(files[0]))
+    for name in sorted(os.listdir(src_dir)):
+        path = os.path.join(src_dir, name)
+        if not os.path.isfile(path) or name.endswith(".safetensors") or name == SAFE_INDEX:
+            continue
+        out = os.path.join(dst, name)
+        if name == "config.json" and config is not None:
+            with open(path, encoding="utf-8") as fh:
+                cfg = json.load(fh)
+            cfg["quantization_config"] = config
+            with open(out, "w", encoding="utf-8") as fh:
+                json.dump(cfg, fh, indent=2)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        else:
+            shutil.copyfile(path, out)
+        written.append(out)
+    if index is not None:  # published last: until then the directory is no checkpoint
+        out = os.path.join(dst, SAFE_INDEX)
+        with open(out + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump({"metadata": {"total_size": total_size},
+                       "weight_map": dict(sorted(weight_map.items()))}, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(out + ".tmp", out)
+        written.append(out)
+    _fsync_dir(dst)
     return written
 
 
@@ -431,21 +526,31 @@ _EXAMPLES = """examples:
   python -m torch_safetensors inspect model.safetensors --json
   python -m torch_safetensors inspect model.safetensors.index.json
   python -m torch_safetensors verify *.safetensors
+  python -m torch_safetensors quantize model_dir model_w4 --scheme W4A16
+  python -m torch_safetensors quantize model.safetensors model-fp8.safetensors --scheme FP8_BLOCK
 
 exit status: 0 valid, 1 invalid, 2 usage or I/O error (as the C command `safetensors`)
 """
+
+
+def _progress_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="always show the progress bar")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="never show the progress bar")
 
 
 def _parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
         prog="python -m torch_safetensors", formatter_class=raw, epilog=_EXAMPLES,
-        description="Convert pickle checkpoints to safetensors, inspect and verify "
-                    "safetensors files.")
+        description="Convert pickle checkpoints to safetensors, inspect, verify and "
+                    "quantize safetensors files.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="pickle .pt/.bin (or a sharded index) -> safetensors",
                        formatter_class=raw, epilog=_EXAMPLES,
-                       description=__doc__.split("\n\n")[2] if __doc__ else None)
+                       description=__doc__.split("\n\n")[3] if __doc__ else None)
     c.add_argument("input", help=".pt/.bin file, pytorch_model.bin.index.json, or a directory")
     c.add_argument("output", help="output .safetensors file, or a directory for shards")
     c.add_argument("--max-shard-size", type=_size_arg, default=None,
@@ -455,11 +560,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--trust-pickle", action="store_true",
                    help="for a file you trust: load it with a full unpickle "
                         "(torch.load(weights_only=False), which runs any code it holds)")
-    g = c.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="always show the progress bar")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="never show the progress bar")
+    _progress_flags(c)
     i = sub.add_parser("inspect", help="validate a safetensors file (or an index's shards) "
                                        "and list what it holds",
                        formatter_class=raw, epilog=_EXAMPLES)
@@ -470,11 +571,23 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=raw, epilog=_EXAMPLES)
     v.add_argument("files", nargs="+", help=".safetensors files or index (.json) files")
     v.add_argument("-q", "--quiet", action="store_true", help="print only the files that fail")
-    g = v.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="always show the progress bar")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="never show the progress bar")
+    _progress_flags(v)
+    q = sub.add_parser("quantize", help="round a safetensors checkpoint to nearest in a "
+                                        "compressed-tensors scheme",
+                       formatter_class=raw, epilog=_EXAMPLES,
+                       description=__doc__.split("\n\n")[4] if __doc__ else None)
+    q.add_argument("input", help="a .safetensors file, a sharded index (.json) or a directory")
+    q.add_argument("output", help="output file (file input) or new directory")
+    from .quant import SCHEMES
+
+    q.add_argument("--scheme", required=True, choices=sorted(SCHEMES), type=str.upper,
+                   help="the quantization scheme (docs/QUANT.md)")
+    q.add_argument("--group-size", type=int, default=None,
+                   help="values per scale for the integer group schemes (default 128)")
+    q.add_argument("--ignore", action="append", default=[], metavar="MODULE",
+                   help="also keep this module unquantized: a name (matches a suffix) or "
+                        "re:PATTERN (repeatable; lm_head and embeddings are always kept)")
+    _progress_flags(q)
     return p
 
 
@@ -493,6 +606,11 @@ def _run(args) -> int:
         return 0
     if args.cmd == "verify":
         return verify(args.files, args.progress, args.quiet)
+    if args.cmd == "quantize":
+        for w in quantize(args.input, args.output, args.scheme, args.group_size, args.ignore,
+                          args.progress):
+            print(w)
+        return 0
     if args.file.endswith(".json"):
         info, rc = inspect_index(args.file)
         if args.json:
