@@ -9,7 +9,9 @@ Same names, parameters, results and refusals as the reference::
     (2, 3)
 
 Loading gives writable arrays of numpy's dtypes; BF16, F8, F4 and F6 are
-refused as the reference refuses them (numpy has no such dtype). Saving
+refused as the reference refuses them (numpy has no such dtype), except
+BF16 once something has imported ml_dtypes (which registers "bfloat16"
+with numpy): then, as the reference does, BF16 loads as that dtype. Saving
 takes arrays of the dtypes the format has (refusals: the reference's
 ``Unknown dtype`` SafetensorError); big-endian arrays are stored
 little-endian. Difference from the reference: a non-contiguous array is

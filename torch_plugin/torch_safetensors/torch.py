@@ -193,6 +193,18 @@ for _n in _dtypes.RAW_BYTES:  # the reference: "Dtype not understood"
     _NUMPY_ABSENT.pop(_n, None)
 
 
+def _numpy_has_bfloat16() -> bool:
+    """Whether np.dtype("bfloat16") works now, as the reference asks it at
+    every read: only once something imported ml_dtypes, which registers the
+    name with numpy (the reference then returns bfloat16 arrays)."""
+    import numpy as np
+    try:
+        np.dtype("bfloat16")
+    except TypeError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------
 # safe_open
 # --------------------------------------------------------------------------
@@ -346,6 +358,9 @@ class safe_open:
     def _numpy(self, info: "_C.TensorInfo", t: torch.Tensor) -> Any:
         """t (a CPU tensor of info) as the numpy array the reference gives:
         sharing t's memory (writable), in numpy's dtype."""
+        if info.dtype == "BF16":  # numpy knows it (_check_numpy): ml_dtypes
+            import numpy as np
+            return t.view(torch.int16).numpy().view(np.dtype("bfloat16"))
         return t.numpy()
 
     def _check_numpy(self, info: "_C.TensorInfo") -> None:
@@ -358,7 +373,7 @@ class safe_open:
                              f"module 'numpy' has no attribute "
                              f"'{_NUMPY_ABSENT[info.dtype]}'",
                              tensor_name=info.name)
-        if info.dtype == "BF16":
+        if info.dtype == "BF16" and not _numpy_has_bfloat16():
             raise _ref_error(SafetensorTypeError,
                              "data type 'bfloat16' not understood",
                              tensor_name=info.name)

@@ -10,6 +10,8 @@ import io
 import json
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -317,6 +319,41 @@ def test_frameworks(mixed, framework):
                 out[k + "[1:]"] = f.get_slice(k)[1:]
             return out
     same(lambda: run(safetensors), lambda: run(torch_safetensors))
+
+
+_BF16_STATES = r"""
+import sys
+import numpy as np
+import safetensors, torch
+import torch_safetensors
+from torch_safetensors.torch import save_file
+assert "ml_dtypes" not in sys.modules
+p = sys.argv[1]
+save_file({"h": torch.tensor([1.5, -2.0], dtype=torch.bfloat16)}, p)
+
+def outcome(mod):
+    try:
+        with mod.safe_open(p, "np") as f:
+            return "ok", f.get_tensor("h").view(np.int16).tolist(), f.get_slice("h")[1:].dtype.name
+    except Exception as e:
+        return "err", type(e).__mro__[1:], str(e)
+
+fresh = outcome(safetensors), outcome(torch_safetensors)
+assert fresh[0][0] == "err" and fresh[1][0] == "err" and fresh[0][2] == fresh[1][2], fresh
+import ml_dtypes  # registers "bfloat16" with numpy
+after = outcome(safetensors), outcome(torch_safetensors)
+assert after[0] == after[1] and after[0][0] == "ok" and after[0][2] == "bfloat16", after
+print("OK")
+"""
+
+
+def test_numpy_bf16_follows_the_reference_before_and_after_ml_dtypes(tmp_path):
+    """The reference asks numpy for "bfloat16" at every read: refused until
+    something imports ml_dtypes, bfloat16 arrays after. A fresh interpreter
+    sees both states (in this one, another module may have imported it)."""
+    r = subprocess.run([sys.executable, "-c", _BF16_STATES, str(tmp_path / "h.safetensors")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("name", ["h", "f8"])
