@@ -56,4 +56,17 @@ LD_LIBRARY_PATH="$libdir" "$tmp/pc-consumer" "$tmp/pc.safetensors"
 cmp "$tmp/cmake.safetensors" "$tmp/pc.safetensors" ||
   fail "two builds of the same consumer wrote different bytes"
 
-echo "check-install: OK (prefix layout, SONAME $soname, CMake package, pkg-config, CLI)"
+# 4. ST_WERROR: every compile of the project has -Werror by default (its CI),
+#    none with -DST_WERROR=OFF (a consumer's newer compiler, a new warning).
+for mode in ON OFF; do
+  cmake -S "$root" -B "$tmp/werror-$mode" -G Ninja -DST_WERROR=$mode -DST_BUILD_TESTS=OFF \
+    >/dev/null || fail "configure with ST_WERROR=$mode failed"
+  n=$(cd "$tmp/werror-$mode" && ninja -t commands safetensors | grep -cE ' -c .*\.c$' || true)
+  w=$(cd "$tmp/werror-$mode" && ninja -t commands safetensors | grep -E ' -c .*\.c$' |
+      grep -c -- '-Werror' || true)
+  [ "$n" -gt 0 ] || fail "ST_WERROR=$mode: no compile commands found"
+  if [ $mode = ON ]; then [ "$w" = "$n" ] || fail "ST_WERROR=ON: $w of $n compiles have -Werror"
+  else [ "$w" = 0 ] || fail "ST_WERROR=OFF: $w of $n compiles still have -Werror"; fi
+done
+
+echo "check-install: OK (prefix layout, SONAME $soname, CMake package, pkg-config, CLI, ST_WERROR)"
