@@ -11,14 +11,21 @@ scales from the third block on with other blocks' absmax), so the rows here are 
 blocks and the partial-block case is checked against its generic implementation."""
 
 import os
+import warnings
 
-import bitsandbytes.functional as bnbf
 import pytest
 import safetensors.torch
 import torch
 
 from torch_safetensors.errors import SafetensorQuantLayoutError
 from torch_safetensors.torch import load_file, safe_open
+
+# bitsandbytes 0.50.2's own warnings, not this project's: importing it applies the
+# deprecated torch.jit.script_method 14 times (torch 2.13 warns at each).
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", r".*torch\.jit\.script_method.*is deprecated",
+                            DeprecationWarning)
+    import bitsandbytes.functional as bnbf
 
 
 def bnb_file(tmp_path, quant_type, nested, blocksize, dtype, shape=(96, 256), seed=0):
