@@ -210,7 +210,7 @@ def quantize(src: str, dst: str, scheme: str, group_size: int | None = None,
     import shutil
 
     from . import quant
-    from .sharded import _fsync_dir
+    from .sharded import _fsync_dir, _write_json
     from .torch import load_file, safe_open, save_file
 
     spec: dict[str, Any] = {"scheme": scheme,
@@ -257,25 +257,21 @@ def quantize(src: str, dst: str, scheme: str, group_size: int | None = None,
             with open(path, encoding="utf-8") as fh:
                 cfg = json.load(fh)
             cfg["quantization_config"] = config
-            with open(out, "w", encoding="utf-8") as fh:
-                json.dump(cfg, fh, indent=2)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_json(out, cfg)
         else:
             shutil.copyfile(path, out)
-        written.append(out)
-    if index is not None:  # published last: until then the directory is no checkpoint
-        out = os.path.join(dst, SAFE_INDEX)
-        with open(out + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump({"metadata": {"total_size": total_size},
-                       "weight_map": dict(sorted(weight_map.items()))}, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(out + ".tmp", out)
+            fd = os.open(out, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         written.append(out)
     _fsync_dir(dst)
+    if index is not None:  # published last: until then the directory is no checkpoint
+        out = os.path.join(dst, SAFE_INDEX)
+        _write_json(out, {"metadata": {"total_size": total_size},
+                          "weight_map": dict(sorted(weight_map.items()))})
+        written.append(out)
     return written
 
 

@@ -106,6 +106,7 @@ from .sharded import (
     _group,
     _state_name,
     _state_pattern,
+    _write_json,
     STATE_KEY as _STATE_KEY,
     _Phases,
     _read_index,
@@ -611,16 +612,7 @@ class SafetensorsStorageWriter(StorageWriter):
                  "weight_map": dict(sorted(layout["weight_map"].items()))}
         index_name = self.weights_name + ".index.json"
         index_path = os.path.join(directory, index_name)
-        tmp_index = index_path + ".tmp"
-        with open(tmp_index, "w", encoding="utf-8") as fh:
-            json.dump(index, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            if self.fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp_index, index_path)
-        if self.fsync:
-            _fsync_dir(directory)
+        _write_json(index_path, index, fsync=self.fsync)
         written.append(index_name)
         phase()
         old: set = layout["old"]

@@ -59,7 +59,7 @@ from .errors import (
     SafetensorExportWeightsBakedError,
     make_error,
 )
-from .sharded import _fsync_dir
+from .sharded import _write_json
 
 __all__ = ["save", "save_weights", "load", "ExportedModel", "read_manifest",
            "check_package", "FORMAT", "VERSION", "PACKAGE", "WEIGHTS",
@@ -303,15 +303,7 @@ def read_manifest(directory: PathLike) -> Dict[str, Any]:
 
 
 def _write_manifest(directory: str, manifest: Dict[str, Any]) -> None:
-    path = os.path.join(directory, MANIFEST)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=1, sort_keys=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(directory)
+    _write_json(os.path.join(directory, MANIFEST), manifest, indent=1)
 
 
 def _metadata_manifest(manifest: Dict[str, Any]) -> Dict[str, str]:

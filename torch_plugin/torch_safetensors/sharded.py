@@ -216,6 +216,23 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _write_json(path: str, obj: Any, indent: int = 2, fsync: bool = True) -> None:
+    """obj as JSON and a newline at path, atomically: written to path.tmp,
+    flushed and fsynced, renamed over path, then the directory fsynced
+    (fsync=False: no fsync). The indexes, manifests and configs this package
+    writes all go through here."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=indent)
+        fh.write("\n")
+        fh.flush()
+        if fsync:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
 def _in_use(directory: str, weights_name: str) -> set:
     """The files the checkpoint now in directory consists of (its index's
     shards, its state file and the index, or its single file)."""
@@ -329,16 +346,7 @@ def save_sharded(tensors: Dict[str, torch.Tensor], save_directory: PathLike,
                                            for t in kept.values())},
             "weight_map": dict(sorted(weight_map.items())),
         }
-        tmp = index_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(index, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, index_path)
-        if fsync:
-            _fsync_dir(directory)
+        _write_json(index_path, index, fsync=fsync)
         written.append(index_name)
         phase()
         # The index is published; a single model.safetensors of the old
