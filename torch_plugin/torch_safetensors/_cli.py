@@ -211,7 +211,7 @@ def quantize(src: str, dst: str, scheme: str, group_size: int | None = None,
 
     from . import quant
     from .sharded import _fsync_dir, _write_json
-    from .torch import load_file, safe_open, save_file
+    from .torch import safe_open, save_file
 
     spec: dict[str, Any] = {"scheme": scheme,
                             "ignore": list(quant._DEFAULT_IGNORE) + list(ignore)}
@@ -233,11 +233,11 @@ def quantize(src: str, dst: str, scheme: str, group_size: int | None = None,
     config = None
     with Progress(total, "quantizing", progress) as bar:
         for f in files:
-            with safe_open(f, "pt") as h:
-                md = h.metadata()
-            tensors, md = quant.quantize_state_dict(load_file(f), spec, md)
             out = os.path.join(dst, os.path.basename(f)) if directory_out else dst
-            save_file(tensors, out, md)
+            with safe_open(f, "pt") as h:  # one open: metadata and tensors
+                tensors, md = quant.quantize_state_dict(
+                    {k: h.get_tensor(k) for k in h.keys()}, spec, h.metadata())
+                save_file(tensors, out, md)
             written.append(out)
             config = quant.quantization_config(md)
             for k, t in tensors.items():
